@@ -5,8 +5,9 @@ Two schemes are implemented exactly as the official Python SDK puts them on the 
 * **V3** (``ACS3-HMAC-SHA256``, the SDK default): headers carry the date, nonce and body hash;
   every header present at signing time is signed; ``Authorization`` carries the result::
 
-      CanonicalRequest = METHOD \\n URI \\n Query \\n Headers(name:value\\n ...) \\n SignedHeaders \\n sha256(body)
-      Signature        = hex(HMAC-SHA256(secret, "ACS3-HMAC-SHA256\\n" + hex(sha256(CanonicalRequest))))
+      CanonicalRequest = METHOD, URI, Query, Headers ("name:value" lines), SignedHeaders,
+                         sha256(body) -- joined by newlines
+      Signature        = hex(HMAC-SHA256(secret, "ACS3-HMAC-SHA256" NL hex(sha256(Canonical...))))
 
 * **V1** (``HMAC-SHA1``, ``SignatureVersion=1.0``): the common parameters travel in the query,
   the signature covers query and form body together::
@@ -236,7 +237,7 @@ class V3Authorization:
 
 
 def parse_v3_authorization(value: str) -> V3Authorization | None:
-    """Split ``ACS3-HMAC-SHA256 Credential=..,SignedHeaders=..,Signature=..``; ``None`` if malformed.
+    """Split ``ACS3-HMAC-SHA256 Credential=..,SignedHeaders=..,Signature=..`` (``None``: malformed).
 
     Optional spaces after the commas are tolerated.
     """
@@ -297,9 +298,7 @@ def v3_signature_for(
 
 
 def v1_canonicalized(params: Mapping[str, str]) -> str:
-    return "&".join(
-        f"{percent_encode(k)}={percent_encode(v)}" for k, v in sorted(params.items())
-    )
+    return "&".join(f"{percent_encode(k)}={percent_encode(v)}" for k, v in sorted(params.items()))
 
 
 def v1_string_to_sign(method: str, params: Mapping[str, str]) -> str:
@@ -308,16 +307,12 @@ def v1_string_to_sign(method: str, params: Mapping[str, str]) -> str:
 
 
 def v1_signature(secret: str, string_to_sign: str) -> str:
-    mac = hmac.new(
-        (secret + "&").encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha1
-    )
+    mac = hmac.new((secret + "&").encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha1)
     return base64.b64encode(mac.digest()).decode("ascii")
 
 
-def v1_signature_for(
-    *, secret: str, method: str, params: Mapping[str, str]
-) -> tuple[str, str]:
-    """Server side: ``(signature, string_to_sign)`` over query ∪ body params minus ``Signature``."""
+def v1_signature_for(*, secret: str, method: str, params: Mapping[str, str]) -> tuple[str, str]:
+    """Server side: ``(signature, string_to_sign)`` over query + body params but ``Signature``."""
     string_to_sign = v1_string_to_sign(method, params)
     return v1_signature(secret, string_to_sign), string_to_sign
 

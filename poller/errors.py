@@ -1,0 +1,257 @@
+"""The one exception tree of poller.
+
+Foreign exceptions (aiohttp, asyncio timeouts, orjson) are translated into this tree at a single
+boundary, :mod:`poller.client`; everything above it catches only :class:`PollerError`::
+
+    PollerError                       retriable  fatal
+    ├── ConfigError                       no      yes   bad config / input files (exit 78)
+    │   └── CredentialsNotFound           no      yes   no credential anywhere in the chain
+    ├── SinkError                         no      yes   a sink cannot write
+    ├── TransportError                    yes     no    connection refused/reset, DNS, TLS
+    │   └── AttemptTimeout                yes     no    no complete answer within timeout_s
+    ├── MalformedResponse                 yes     no    not JSON, wrong shape, wrong types
+    └── ApiError                          (by code)     the cloud answered with an error envelope
+        ├── ThrottledError                yes     no    Throttling, Throttling.User, ...
+        ├── ServerError                   yes     no    5xx, InternalError, ServiceUnavailable
+        ├── NonceReusedError              yes     no    SignatureNonceUsed (re-signed retry)
+        ├── AuthError                     no      yes   signature / key / token rejected (exit 78)
+        │   └── ClockSkewError            no      yes   InvalidTimeStamp.*: the local clock is off
+        ├── PermissionDenied              no      no    Forbidden*, NoPermission (exit 77 if all)
+        ├── InvalidRequestError           no      no    InvalidParameter, MissingParameter, ...
+        └── UnknownApiError               5xx only      any other code
+
+Each class carries ``code`` (the cloud's ``Code`` or a local one) and ``retriable``; an
+:class:`ApiError` also carries ``http_status``, ``request_id`` and, for throttling,
+``retry_after_s``. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+__all__ = [
+    "ApiError",
+    "AttemptTimeout",
+    "AuthError",
+    "ClockSkewError",
+    "ConfigError",
+    "CredentialsNotFound",
+    "InvalidRequestError",
+    "MalformedResponse",
+    "NonceReusedError",
+    "PermissionDenied",
+    "PollerError",
+    "ServerError",
+    "SinkError",
+    "ThrottledError",
+    "TransportError",
+    "UnknownApiError",
+    "error_for_response",
+]
+
+
+class PollerError(Exception):
+    """Root of every error poller raises."""
+
+    #: Worth another attempt (re-signed, after backoff). An instance may override the class value.
+    retriable: bool = False
+    #: A fatal error stops the whole run (bad credentials, broken sink, bad config).
+    fatal: ClassVar[bool] = False
+    default_code: ClassVar[str] = "Error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+
+class ConfigError(PollerError):
+    """Invalid configuration or input; names the file, line and key where it is known."""
+
+    fatal = True
+    default_code = "ConfigError"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        where = []
+        if source:
+            where.append(source if line is None else f"{source}:{line}")
+        if key:
+            where.append(f"key {key!r}")
+        full = f"{', '.join(where)}: {message}" if where else message
+        super().__init__(full)
+        self.source = source
+        self.key = key
+        self.line = line
+
+
+class CredentialsNotFound(ConfigError):
+    default_code = "CredentialsNotFound"
+
+
+class SinkError(PollerError):
+    fatal = True
+    default_code = "SinkError"
+
+
+class TransportError(PollerError):
+    retriable = True
+    default_code = "ConnectionError"
+
+
+class AttemptTimeout(TransportError, TimeoutError):
+    default_code = "Timeout"
+
+
+class MalformedResponse(PollerError):
+    retriable = True
+    default_code = "MalformedResponse"
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.request_id = request_id
+
+
+class ApiError(PollerError):
+    """The cloud answered with an error envelope."""
+
+    default_code = "UnknownError"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        http_status: int,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.http_status = http_status
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return f"{self.code} (HTTP {self.http_status}): {self.message}"
+
+
+class ThrottledError(ApiError):
+    retriable = True
+
+
+class ServerError(ApiError):
+    retriable = True
+
+
+class NonceReusedError(ApiError):
+    """The nonce was seen before: an earlier copy probably reached the server; re-sign, retry."""
+
+    retriable = True
+
+
+class AuthError(ApiError):
+    fatal = True
+
+
+class ClockSkewError(AuthError):
+    """The server rejected our timestamp; the local clock is probably off by > 15 minutes."""
+
+
+class PermissionDenied(ApiError):
+    pass
+
+
+class InvalidRequestError(ApiError):
+    pass
+
+
+class UnknownApiError(ApiError):
+    """A code we do not know: retried only when the server says the fault is its own (5xx)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        http_status: int,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            code=code,
+            http_status=http_status,
+            request_id=request_id,
+            retry_after_s=retry_after_s,
+        )
+        self.retriable = http_status >= 500
+
+
+_EXACT: Final[dict[str, type[ApiError]]] = {
+    "SignatureNonceUsed": NonceReusedError,
+    "SignatureDoesNotMatch": AuthError,
+    "IncompleteSignature": AuthError,
+    "InvalidAccessKeySecret": AuthError,
+    "MissingSecurityToken": AuthError,
+    "InvalidTimeStamp.Expired": ClockSkewError,
+    "InvalidTimeStamp.Format": ClockSkewError,
+    "IllegalTimestamp": ClockSkewError,
+    "InternalError": ServerError,
+    "ServiceUnavailable": ServerError,
+    "ServiceTimeout": ServerError,
+    "NoPermission": PermissionDenied,
+    "UnsupportedHTTPMethod": InvalidRequestError,
+}
+
+_PREFIXES: Final[tuple[tuple[str, type[ApiError]], ...]] = (
+    ("Throttling", ThrottledError),
+    ("InvalidAccessKeyId", AuthError),
+    ("InvalidSecurityToken", AuthError),
+    ("Forbidden", PermissionDenied),
+    ("InvalidParameter", InvalidRequestError),
+    ("MissingParameter", InvalidRequestError),
+    ("InvalidAction", InvalidRequestError),
+    ("Missing", InvalidRequestError),
+    ("Invalid", InvalidRequestError),
+)
+
+
+def error_for_response(
+    *,
+    http_status: int,
+    code: str | None,
+    message: str | None,
+    request_id: str | None,
+    retry_after_s: float | None = None,
+) -> ApiError:
+    """Map an error envelope to its class: by ``Code`` first (statuses differ between gateways)."""
+    code = code or f"HTTP{http_status}"
+    cls: type[ApiError] | None = _EXACT.get(code)
+    if cls is None:
+        cls = next((c for prefix, c in _PREFIXES if code.startswith(prefix)), None)
+    if cls is None:
+        if http_status == 429:
+            cls = ThrottledError
+        elif http_status >= 500:
+            cls = ServerError
+        else:
+            cls = UnknownApiError
+    text = message or "(no message)"
+    if cls is ClockSkewError:
+        text = f"clock skew: the server rejected our timestamp ({text}); check the local clock"
+    return cls(
+        text,
+        code=code,
+        http_status=http_status,
+        request_id=request_id,
+        retry_after_s=retry_after_s,
+    )

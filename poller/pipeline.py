@@ -1,0 +1,439 @@
+"""The poller: UID sources in, one merged record per UID out, at the rate ceiling and never over.
+
+Data flow of one sweep::
+
+    sources ─▶ Batcher (validate, dedupe, ≤20) ─▶ interleave targets ─▶ in-flight slot ─▶ rate slot
+        ─▶ task: fetch (+ re-signed, re-paced retries) ─▶ merge ─▶ bounded queue ─▶ consumer/sinks
+
+Rate and concurrency are two separate meters, both taken *before* a request task is spawned,
+so live tasks never exceed ``max_in_flight`` whatever the input size. Every retry pays the rate
+meter again. A failed batch is data (error records); only fatal conditions (credentials
+rejected, a sink that cannot write, unreadable input) stop a sweep. The queue between polling
+and the consumer is bounded: a slow consumer pauses polling instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from .batching import Batcher, Rejected
+from .client import BatchFetcher, LiveClient
+from .clock import Clock, LoopClock, epoch_ms
+from .config import PollerConfig
+from .credentials import resolve_credentials
+from .errors import PermissionDenied, PollerError, ThrottledError
+from .merge import MergeCounts, error_records, merge_answer
+from .ratelimit import PacedRateLimiter, RateMeter
+from .records import Batch, ErrorRecord, Record, Target
+from .retry import RetryBudget, RetryPolicy
+from .signing import SigningCredentials
+from .sinks import Sink
+from .sources import UidInput, iter_chunks
+
+__all__ = ["Poller", "SweepStats", "Work"]
+
+log = logging.getLogger("poller")
+
+Work = tuple[Target, UidInput]
+
+
+@dataclass(slots=True)
+class SweepStats:
+    """Counters of one sweep (a live object while the sweep runs; read it for progress)."""
+
+    sweep: int
+    started_at: float = 0.0
+    finished_at: float | None = None
+    uids_seen: int = 0
+    records: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    first_attempts: int = 0
+    retries: int = 0
+    throttled: int = 0
+    forbidden_requests: int = 0
+    batches_ok: int = 0
+    batches_failed: int = 0
+    duplicates_in_input: int = 0
+    merge: MergeCounts = field(default_factory=MergeCounts)
+    fatal: PollerError | None = None
+    stopped: bool = False
+
+    @property
+    def records_total(self) -> int:
+        return sum(self.records.values())
+
+    @property
+    def duration_s(self) -> float:
+        return (self.finished_at or self.started_at) - self.started_at
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "sweep": self.sweep,
+            "duration_s": round(self.duration_s, 3),
+            "records": self.records_total,
+            "by_status": dict(sorted(self.records.items())),
+            "requests": self.requests,
+            "retries": self.retries,
+            "throttled": self.throttled,
+            "batches_ok": self.batches_ok,
+            "batches_failed": self.batches_failed,
+            "duplicates_in_input": self.duplicates_in_input,
+            "extra_in_response": self.merge.extra,
+            "duplicated_in_response": self.merge.duplicated,
+            "missing_in_response": self.merge.missing,
+        }
+
+
+class _State:
+    __slots__ = ("deadline", "stats")
+
+    def __init__(self, stats: SweepStats, deadline: float | None) -> None:
+        self.stats = stats
+        self.deadline = deadline
+
+
+class Poller:
+    """Polls presence for any set of UIDs of one account.
+
+    ::
+
+        async with Poller(config) as poller:
+            async for record in poller.sweep(Target("app", "group"), ["u1", "u2"]):
+                ...
+
+    Create it inside the event loop that will use it. The library never installs an event
+    loop policy; the CLI runs it on uvloop where available.
+    """
+
+    def __init__(
+        self,
+        config: PollerConfig,
+        *,
+        fetcher: BatchFetcher | None = None,
+        credentials: SigningCredentials | None = None,
+        rate_meter: RateMeter | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._fetcher = fetcher
+        self._credentials = credentials
+        self._rate: RateMeter | None = rate_meter
+        self._clock = clock or LoopClock()
+        self._rng = rng or random.Random()
+        self._policy = RetryPolicy.from_config(config.retry)
+        self._budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_tokens)
+        self._client: LiveClient | None = None
+        self._inflight: asyncio.Semaphore | None = None
+        self._stop = False
+        self._sweeps = 0
+        self._opened = False
+        self.current: SweepStats | None = None
+        self.last: SweepStats | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._opened:
+            raise RuntimeError("a Poller can be opened only once")
+        self._opened = True
+        if self._fetcher is None:
+            creds = self._credentials or resolve_credentials(self.config.credentials)
+            self._client = LiveClient(
+                self.config.api, creds, max_connections=self.config.limits.max_in_flight
+            )
+            await self._client.__aenter__()
+            self._fetcher = self._client
+        if self._rate is None:
+            limits = self.config.limits
+            self._rate = PacedRateLimiter(
+                limits.qps,
+                margin_s=limits.window_margin_ms / 1000.0,
+                clock=self._clock,
+                adaptive=limits.adaptive,
+            )
+        self._inflight = asyncio.Semaphore(self.config.limits.max_in_flight)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def request_stop(self) -> None:
+        """Stop starting requests; in-flight ones finish, unsent UIDs get ``Cancelled`` records."""
+        self._stop = True
+
+    @property
+    def rate_meter(self) -> RateMeter:
+        if self._rate is None:
+            raise RuntimeError("Poller used outside 'async with'")
+        return self._rate
+
+    @property
+    def retry_budget(self) -> RetryBudget:
+        return self._budget
+
+    # -- public sweeps --------------------------------------------------------------------
+
+    async def sweep(
+        self, target: Target | tuple[str, str], uids: UidInput
+    ) -> AsyncIterator[Record]:
+        """One sweep over one target: yields exactly one record per distinct input UID."""
+        if isinstance(target, tuple):
+            target = Target(*target)
+        async for records in self.sweep_batches([(target, uids)]):
+            for record in records:
+                yield record
+
+    async def sweep_batches(self, work: Sequence[Work]) -> AsyncIterator[list[Record]]:
+        """One sweep over several targets (their batches interleave), as lists of records.
+
+        Raises the fatal error (e.g. :class:`~poller.errors.AuthError`) at the end if one
+        stopped the sweep; every UID still got its record before that.
+        """
+        if self._inflight is None:
+            raise RuntimeError("Poller used outside 'async with'")
+        self._sweeps += 1
+        stats = SweepStats(sweep=self._sweeps, started_at=self._clock.monotonic())
+        deadline_s = self.config.sweep.deadline_s
+        state = _State(stats, stats.started_at + deadline_s if deadline_s > 0 else None)
+        self.current = stats
+        queue: asyncio.Queue[list[Record] | None] = asyncio.Queue(self.config.sweep.queue_size)
+
+        async def produce() -> None:
+            try:
+                await self._run_sweep(work, state, queue)
+            except asyncio.CancelledError:
+                raise  # the consumer went away; nobody waits for the end marker
+            except BaseException:
+                await queue.put(None)  # the consumer is draining, so this cannot block for long
+                raise
+            await queue.put(None)
+
+        task = asyncio.create_task(produce(), name=f"poller-sweep-{stats.sweep}")
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            await task  # re-raises what stopped the producer, if anything
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            stats.finished_at = self._clock.monotonic()
+            self.last = stats
+        if stats.fatal is not None:
+            raise stats.fatal
+
+    async def run_once(self, work: Sequence[Work], sinks: Iterable[Sink]) -> SweepStats:
+        """One sweep written to ``sinks`` (flushed at the end). Returns its counters."""
+        sinks = list(sinks)
+        try:
+            async for records in self.sweep_batches(work):
+                for sink in sinks:
+                    await sink.write(records)
+        finally:
+            for sink in sinks:
+                await sink.flush()
+        assert self.last is not None
+        return self.last
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _run_sweep(
+        self, work: Sequence[Work], state: _State, queue: asyncio.Queue[list[Record] | None]
+    ) -> None:
+        assert self._inflight is not None and self._rate is not None
+        inflight, rate, stats = self._inflight, self._rate, state.stats
+        stream = _interleave([self._batches(t, src, stats) for t, src in work])
+        try:
+            async with asyncio.TaskGroup() as tg:
+                async for item in stream:
+                    if isinstance(item, Rejected):
+                        await self._emit(queue, stats, [_rejected_record(item, stats.sweep)])
+                        continue
+                    reason = self._skip_reason(state)
+                    if reason is not None:
+                        await self._emit(queue, stats, self._skipped(item, reason, stats))
+                        continue
+                    await inflight.acquire()
+                    try:
+                        await rate.acquire()
+                    except BaseException:
+                        inflight.release()
+                        raise
+                    reason = self._skip_reason(state)
+                    if reason is not None:
+                        inflight.release()
+                        await self._emit(queue, stats, self._skipped(item, reason, stats))
+                        continue
+                    self._budget.on_first_attempt()
+                    stats.first_attempts += 1
+                    tg.create_task(self._run_batch(item, state, queue))
+        finally:
+            await stream.aclose()
+
+    def _skip_reason(self, state: _State) -> tuple[str, str] | None:
+        stats = state.stats
+        if stats.fatal is not None:
+            return stats.fatal.code, f"not sent: {stats.fatal.message}"
+        if self._stop:
+            stats.stopped = True
+            return "Cancelled", "not sent: poller is stopping"
+        if state.deadline is not None and self._clock.monotonic() >= state.deadline:
+            return "DeadlineExceeded", "not sent: the sweep deadline passed"
+        return None
+
+    def _skipped(self, batch: Batch, reason: tuple[str, str], stats: SweepStats) -> list[Record]:
+        stats.batches_failed += 1
+        return error_records(
+            batch,
+            None,
+            sweep=stats.sweep,
+            polled_at=epoch_ms(),
+            code=reason[0],
+            message=reason[1],
+            attempts=0,
+        )
+
+    async def _emit(
+        self, queue: asyncio.Queue[list[Record] | None], stats: SweepStats, records: list[Record]
+    ) -> None:
+        for record in records:
+            stats.records[record["code"] if record["type"] == "error" else record["type"]] += 1
+        await queue.put(records)
+
+    async def _batches(
+        self, target: Target, source: UidInput, stats: SweepStats
+    ) -> AsyncGenerator[Batch | Rejected, None]:
+        cfg = self.config.sweep
+        batcher = Batcher(target, dedupe=cfg.dedupe, max_uid_bytes=cfg.max_uid_bytes)
+        try:
+            async for chunk in iter_chunks(source):
+                stats.uids_seen += len(chunk.uids)
+                for i, uid in enumerate(chunk.uids):
+                    out = batcher.add(uid)
+                    if out is None:
+                        continue
+                    if isinstance(out, Rejected) and chunk.lines is not None:
+                        out = dataclasses.replace(out, where=chunk.where(i))
+                    yield out
+            last = batcher.flush()
+            if last is not None:
+                yield last
+        finally:
+            stats.duplicates_in_input += batcher.duplicates
+
+    async def _run_batch(
+        self, batch: Batch, state: _State, queue: asyncio.Queue[list[Record] | None]
+    ) -> None:
+        assert self._inflight is not None and self._rate is not None and self._fetcher
+        stats = state.stats
+        try:
+            records = await self._attempts(batch, state)
+            await self._emit(queue, stats, records)
+        finally:
+            self._inflight.release()
+
+    async def _attempts(self, batch: Batch, state: _State) -> list[Record]:
+        assert self._rate is not None and self._fetcher is not None
+        stats = state.stats
+        attempts = 0
+        while True:
+            attempts += 1
+            if attempts > 1:
+                await self._rate.acquire()
+            stats.requests += 1
+            try:
+                answer = await self._fetcher.fetch(batch)
+                records = merge_answer(
+                    batch,
+                    answer.online_users,
+                    request_id=answer.request_id,
+                    sweep=stats.sweep,
+                    polled_at=epoch_ms(),
+                    counts=stats.merge,
+                )
+            except PollerError as err:
+                if isinstance(err, ThrottledError):
+                    stats.throttled += 1
+                    self._rate.on_throttled(err.retry_after_s)
+                if isinstance(err, PermissionDenied):
+                    stats.forbidden_requests += 1
+                if err.fatal:
+                    if stats.fatal is None:
+                        stats.fatal = err
+                        log.error("stopping the sweep: %s", err)
+                elif self._policy.should_retry(err, attempts) and self._skip_reason(state) is None:
+                    delay = self._policy.backoff_s(err, attempts, self._rng)
+                    if state.deadline is not None and (
+                        self._clock.monotonic() + delay >= state.deadline
+                    ):
+                        stats.batches_failed += 1
+                        return error_records(
+                            batch,
+                            err,
+                            sweep=stats.sweep,
+                            polled_at=epoch_ms(),
+                            attempts=attempts,
+                            code="DeadlineExceeded",
+                            message=f"the sweep deadline passed while retrying ({err.code})",
+                        )
+                    if self._budget.try_spend():
+                        stats.retries += 1
+                        await self._clock.sleep(delay)
+                        continue
+                stats.batches_failed += 1
+                return error_records(
+                    batch, err, sweep=stats.sweep, polled_at=epoch_ms(), attempts=attempts
+                )
+            stats.batches_ok += 1
+            return records
+
+
+async def _interleave(
+    streams: list[AsyncGenerator[Batch | Rejected, None]],
+) -> AsyncGenerator[Batch | Rejected, None]:
+    """Round-robin over several batch streams so that no target starves another."""
+    active = list(streams)
+    try:
+        while active:
+            for stream in list(active):
+                try:
+                    item = await anext(stream)
+                except StopAsyncIteration:
+                    active.remove(stream)
+                    continue
+                yield item
+    finally:
+        for stream in active:
+            await stream.aclose()
+
+
+def _rejected_record(item: Rejected, sweep: int) -> ErrorRecord:
+    message = item.reason if item.where is None else f"{item.reason} ({item.where})"
+    return ErrorRecord(
+        type="error",
+        sweep=sweep,
+        app_id=item.target.app_id,
+        group_id=item.target.group_id,
+        uid=item.uid,
+        code="InvalidUserId",
+        message=message,
+        polled_at=epoch_ms(),
+    )

@@ -1,0 +1,144 @@
+"""Where records go. A sink receives whole batches of records and is flushed once per sweep.
+
+Records are written as JSON Lines with orjson (UTF-8, one object per ``\\n``-terminated line).
+orjson leaves U+2028/U+2029 unescaped: readers must split on ``b"\\n"`` only (iterate the file in
+binary mode), not with ``str.splitlines``.
+
+A file sink appends whole lines only: each ``write`` builds the complete bytes for its records
+and hands them to the file in one call, so a crash can cut the file at a batch boundary at
+worst, never inside a record (with ``fsync`` the flush at the end of a sweep reaches the disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+import orjson
+
+from .errors import SinkError
+from .records import Record
+
+__all__ = ["CallbackSink", "FileSink", "Sink", "StdoutSink", "encode_records"]
+
+_OPTS = orjson.OPT_APPEND_NEWLINE
+
+
+def encode_records(records: Sequence[Record]) -> bytes:
+    return b"".join([orjson.dumps(r, option=_OPTS) for r in records])
+
+
+@runtime_checkable
+class Sink(Protocol):
+    async def write(self, records: Sequence[Record]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _StreamSink:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._stream: BinaryIO | None = None
+        self.lines = 0
+
+    def _target(self) -> BinaryIO:
+        raise NotImplementedError
+
+    async def write(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        data = encode_records(records)
+        try:
+            stream = self._stream or self._target()
+            self._stream = stream
+            stream.write(data)
+        except (OSError, ValueError) as exc:
+            raise SinkError(f"cannot write to {self._name}: {exc}") from exc
+        self.lines += len(records)
+
+    async def flush(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except (OSError, ValueError) as exc:
+            raise SinkError(f"cannot flush {self._name}: {exc}") from exc
+
+
+class StdoutSink(_StreamSink):
+    """JSON Lines on standard output (the binary buffer, so no text-layer re-encoding)."""
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        super().__init__("stdout")
+        self._given = stream
+
+    def _target(self) -> BinaryIO:
+        return self._given or sys.stdout.buffer
+
+    async def aclose(self) -> None:
+        await self.flush()
+
+
+class FileSink(_StreamSink):
+    """JSON Lines appended to a file; flushed (and optionally fsynced) at the end of each sweep."""
+
+    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+        super().__init__(str(path))
+        self.path = Path(path)
+        self._fsync = fsync
+
+    def _target(self) -> BinaryIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.path.open("ab")
+
+    async def flush(self) -> None:
+        await super().flush()
+        if self._fsync and self._stream is not None:
+            fd = self._stream.fileno()
+            try:
+                await asyncio.to_thread(os.fsync, fd)
+            except OSError as exc:
+                raise SinkError(f"cannot fsync {self._name}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._stream.close()
+            self._stream = None
+
+
+RecordCallback = Callable[[Record], Awaitable[None] | None]
+
+
+class CallbackSink:
+    """Calls ``callback(record)`` for every record; the callback may be sync or async.
+
+    A slow callback slows polling down (through the bounded queue in front of the sinks)
+    instead of letting records pile up in memory.
+    """
+
+    def __init__(self, callback: RecordCallback) -> None:
+        self._callback = callback
+        self._is_async = inspect.iscoroutinefunction(callback)
+
+    async def write(self, records: Sequence[Record]) -> None:
+        for record in records:
+            result = self._callback(record)
+            if result is not None and (self._is_async or inspect.isawaitable(result)):
+                await result
+
+    async def flush(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

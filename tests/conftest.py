@@ -1,0 +1,93 @@
+"""Shared test helpers: a fake clock, an instant rate meter and a scripted fetcher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from poller.client import OnlineUsersAnswer
+from poller.errors import PollerError
+from poller.ratelimit import RateStats
+from poller.records import Batch
+
+
+class FakeClock:
+    """Monotonic time that only moves when someone sleeps (optionally oversleeping)."""
+
+    def __init__(self, start: float = 1000.0, lateness: Callable[[], float] | None = None):
+        self.now = start
+        self.lateness = lateness
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds) + (self.lateness() if self.lateness else 0.0)
+        await asyncio.sleep(0)
+
+
+class InstantRateMeter:
+    """Grants at once; remembers throttling signals."""
+
+    def __init__(self) -> None:
+        self.granted = 0
+        self.throttled: list[float | None] = []
+
+    async def acquire(self) -> float:
+        self.granted += 1
+        await asyncio.sleep(0)
+        return 0.0
+
+    def on_throttled(self, retry_after_s: float | None) -> None:
+        self.throttled.append(retry_after_s)
+
+    def stats(self) -> RateStats:
+        return RateStats(self.granted, 0.0, 0.0, 0.0, len(self.throttled), 0)
+
+
+Script = Callable[[Batch, int], PollerError | None]
+
+
+class ScriptedFetcher:
+    """Answers every UID as online with JoinTime = len(uid), unless ``script`` says to fail.
+
+    ``script(batch, attempt)`` returns an error to raise for that attempt (1-based) or None.
+    """
+
+    def __init__(self, script: Script | None = None, delay: float = 0.0) -> None:
+        self.script = script
+        self.delay = delay
+        self.calls: list[Batch] = []
+        self.attempts: dict[tuple[str, ...], int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def fetch(self, batch: Batch) -> OnlineUsersAnswer:
+        self.calls.append(batch)
+        n = self.attempts.get(batch.uids, 0) + 1
+        self.attempts[batch.uids] = n
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+            if self.script is not None:
+                error = self.script(batch, n)
+                if error is not None:
+                    raise error
+            return OnlineUsersAnswer(
+                request_id=f"req-{len(self.calls)}",
+                online_users=[
+                    {"UserId": u, "Online": True, "JoinTime": len(u)} for u in batch.uids
+                ],
+            )
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()

@@ -1,0 +1,208 @@
+"""``poller once`` end to end: the CLI in one process, the emulator in another."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from poller.testing import EmulatorProcess
+
+pytestmark = pytest.mark.slow
+
+SECRET = "demo-secret"
+
+
+def run_once(
+    tmp_path: Path, config_toml: str, *args: str, timeout: float = 120
+) -> tuple[int, list[dict[str, Any]], str]:
+    config = tmp_path / "poller.toml"
+    config.write_text(config_toml, "utf-8")
+    out = tmp_path / "out.jsonl"
+    out.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "poller",
+            "once",
+            "--config",
+            str(config),
+            "--output",
+            str(out),
+            *args,
+        ],
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    records = (
+        [orjson.loads(line) for line in out.read_bytes().split(b"\n") if line]
+        if out.exists()
+        else []
+    )
+    stderr = proc.stderr.decode("utf-8", "replace")
+    assert SECRET not in stderr and SECRET not in proc.stdout.decode("utf-8", "replace")
+    return proc.returncode, records, stderr
+
+
+def one_per_uid(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    counts = Counter(r["uid"] for r in records)
+    assert counts and max(counts.values()) == 1
+    return {r["uid"]: r for r in records}
+
+
+def test_ten_thousand_uids_at_the_ceiling_never_over_it(tmp_path: Path) -> None:
+    uids = [f"user-{i:06d}" for i in range(1, 10_001)]
+    (tmp_path / "uids.txt").write_text("\n".join(uids) + "\n", "utf-8")
+    with EmulatorProcess("--qps", "100", "--group", "demo-app/demo-group:10000") as emulator:
+        code, records, stderr = run_once(
+            tmp_path,
+            emulator.config_toml()
+            + '\n[[targets]]\napp_id = "demo-app"\ngroup_id = "demo-group"\n',
+            "--uids-file",
+            str(tmp_path / "uids.txt"),
+        )
+        stats = emulator.stats()["total"]
+        members = {m["user_id"]: m for m in emulator.members("demo-app", "demo-group")["members"]}
+    assert code == 0, stderr
+    got = one_per_uid(records)
+    assert set(got) == set(uids)
+    assert all(r["type"] == "presence" for r in records)
+    for uid in ("user-000001", "user-004242", "user-010000"):
+        assert got[uid]["online"] == members[uid]["online"]
+    assert stats["requests_total"] == 500
+    assert stats["max_requests_in_any_1s_window"] <= 100
+    assert stats["throttled_total"] == 0
+    print(
+        f"\n10,000 UIDs: {stderr.strip().splitlines()[-1]}; emulator max window "
+        f"{stats['max_requests_in_any_1s_window']}"
+    )
+
+
+def test_adapts_when_the_account_budget_is_lower_than_configured(tmp_path: Path) -> None:
+    uids = [f"user-{i:06d}" for i in range(1, 8001)]
+    (tmp_path / "uids.txt").write_text("\n".join(uids), "utf-8")
+    with EmulatorProcess("--qps", "60", "--group", "demo-app/demo-group:8000") as emulator:
+        code, records, stderr = run_once(
+            tmp_path,
+            emulator.config_toml()
+            + '\n[[targets]]\napp_id = "demo-app"\ngroup_id = "demo-group"\n',
+            "--uids-file",
+            str(tmp_path / "uids.txt"),
+        )
+        stats = emulator.stats()["total"]
+    assert code == 0, stderr
+    assert set(one_per_uid(records)) == set(uids)
+    assert all(r["type"] == "presence" for r in records)
+    assert stats["throttled_total"] < 0.05 * stats["requests_total"], stats
+    print(f"\nqps 60: {stats['throttled_total']} of {stats['requests_total']} throttled")
+
+
+def test_invalid_ids_never_sent_and_special_ids_round_trip(tmp_path: Path) -> None:
+    special = ["用户1", "a~b", "c*d", "e f", "g+h", "i/j", "k=l", "m%n", "o&p", "~*+/= %&"]
+    invalid = ["has,comma", "ctl\x01char", "x" * 200]
+    lines = ["# a comment", "", *special, *invalid, "   ", "user-000001", ""]
+    (tmp_path / "uids.txt").write_text("\n".join(lines), "utf-8")
+    with EmulatorProcess("--group", "demo-app/demo-group:10", "--online-fraction", "1") as emulator:
+        emulator.change_members("demo-app", "demo-group", join=special)
+        code, records, stderr = run_once(
+            tmp_path,
+            emulator.config_toml()
+            + '\n[[targets]]\napp_id = "demo-app"\ngroup_id = "demo-group"\n',
+            "--uids-file",
+            str(tmp_path / "uids.txt"),
+        )
+        stats = emulator.stats()["total"]
+    assert code == 0, stderr
+    got = one_per_uid(records)
+    assert set(got) == {*special, *invalid, "user-000001"}
+    for uid in special:
+        assert got[uid]["type"] == "presence" and got[uid]["online"] is True, got[uid]
+        assert got[uid]["join_time"] > 0
+    for uid in invalid:
+        assert got[uid]["type"] == "error" and got[uid]["code"] == "InvalidUserId"
+        assert "uids.txt:" in got[uid]["message"]
+    assert stats["requests_total"] == 1  # 11 valid IDs: one request, the invalid ones never sent
+
+
+def test_empty_id_from_the_command_line_is_an_error_record(tmp_path: Path) -> None:
+    with EmulatorProcess() as emulator:
+        code, records, stderr = run_once(
+            tmp_path,
+            emulator.config_toml(),
+            "--target",
+            "demo-app/demo-group",
+            "--uids",
+            "user-000001,,user-000002",
+        )
+    assert code == 0, stderr
+    got = one_per_uid(records)
+    assert got[""]["code"] == "InvalidUserId" and got[""]["message"] == "user ID is empty"
+    assert got["user-000002"]["type"] == "presence"
+
+
+def test_forbidden_app_is_isolated_and_exit_77_when_everything_is_forbidden(
+    tmp_path: Path,
+) -> None:
+    args = (
+        "--access-key",
+        "ram-user:ram-secret:app-ok",
+        "--group",
+        "app-ok/g:40",
+        "--group",
+        "app-denied/g:40",
+    )
+    two_targets = (
+        '\n[[targets]]\napp_id = "app-ok"\ngroup_id = "g"\nuids = '
+        + str([f"user-{i:06d}" for i in range(1, 41)]).replace("'", '"')
+        + '\n\n[[targets]]\napp_id = "app-denied"\ngroup_id = "g"\nuids = '
+        + str([f"user-{i:06d}" for i in range(1, 41)]).replace("'", '"')
+        + "\n"
+    )
+    with EmulatorProcess(*args) as emulator:
+        toml = emulator.config_toml("ram-user", "ram-secret")
+        code, records, stderr = run_once(tmp_path, toml + two_targets)
+        assert code == 0, stderr
+        ok = [r for r in records if r["app_id"] == "app-ok"]
+        denied = [r for r in records if r["app_id"] == "app-denied"]
+        assert len(ok) == 40 and all(r["type"] == "presence" for r in ok)
+        assert len(denied) == 40
+        assert all(
+            r["code"] == "Forbidden" and r["attempts"] == 1 and r["http_status"] == 403
+            for r in denied
+        )
+        code, records, stderr = run_once(
+            tmp_path, toml, "--target", "app-denied/g", "--uids", "user-000001,user-000002"
+        )
+    assert code == 77, stderr
+    assert "permission denied" in stderr.lower()
+
+
+def test_wrong_secret_exits_78_and_never_shows_the_secret(tmp_path: Path) -> None:
+    with EmulatorProcess() as emulator:
+        code, records, stderr = run_once(
+            tmp_path,
+            emulator.config_toml("demo-key", "not-the-" + SECRET),
+            "--target",
+            "demo-app/demo-group",
+            "--uids",
+            "user-000001,user-000002",
+        )
+        stats = emulator.stats()["total"]
+    assert code == 78
+    assert "signature" in stderr.lower() and "rejected" in stderr.lower()
+    assert "not-the-" not in stderr
+    assert {r["code"] for r in records} == {"SignatureDoesNotMatch"}
+    assert stats["requests_total"] == 1  # no retry of a rejected signature
+
+
+def test_bad_config_exits_78_naming_file_and_key(tmp_path: Path) -> None:
+    code, _, stderr = run_once(tmp_path, '[limits]\nqps = "fast"\n', "--uids", "a")
+    assert code == 78
+    assert "poller.toml" in stderr and "limits.qps" in stderr
