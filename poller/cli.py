@@ -1,4 +1,4 @@
-"""Command line: ``poller demo | once | check-config | emulator``.
+"""Command line: ``poller demo | once | run | check-config | emulator``.
 
 Records go to stdout (or ``--output``), logs and progress to stderr. Exit codes: 0 success,
 2 usage, 77 permission denied for every request, 78 configuration or credentials rejected,
@@ -299,6 +299,9 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--protocol", choices=("https", "http"), help="override api.protocol")
     once.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
 
+    run = sub.add_parser("run", help="the daemon: sweep every interval until SIGTERM")
+    run.add_argument("--config", required=True, help="TOML config file")
+
     check = sub.add_parser("check-config", help="validate a config and print it, secrets masked")
     check.add_argument("file")
 
@@ -317,8 +320,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    if args.command == "run":
+        from .logs import setup_json_logging
+
+        setup_json_logging(args.verbose)
+    else:
+        _setup_logging(args.verbose)
     try:
+        if args.command == "run":
+            from .daemon import Daemon
+
+            return _run(lambda: Daemon(args.config).run())
         if args.command == "demo":
             from .demo import run_demo
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from .errors import ConfigError
+from .records import Target
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -21,6 +22,7 @@ __all__ = [
     "CredentialsConfig",
     "DaemonConfig",
     "LimitsConfig",
+    "MetricsConfig",
     "PollerConfig",
     "RetryConfig",
     "SinkConfig",
@@ -65,6 +67,8 @@ class LimitsConfig:
     window_margin_ms: float = 15.0
     #: Slow down on throttling (multiplicative decrease, gradual recovery).
     adaptive: bool = True
+    #: ListMessageGroupUser pages per second for discovery targets (its own, separate budget).
+    discovery_qps: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,12 +98,32 @@ class TargetConfig:
     group_id: str
     uids: tuple[str, ...] | None = None
     uids_file: Path | None = None
+    #: Learn the members with ListMessageGroupUser at every sweep instead of a UID list.
+    discover: bool = False
+
+    @property
+    def target(self) -> Target:
+        return Target(self.app_id, self.group_id)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DaemonConfig:
     interval_s: float = 30.0
     emit: Literal["changes", "all"] = "changes"
+    #: Wait a random 0..start_jitter_s before the first sweep (spreads many instances).
+    start_jitter_s: float = 0.0
+    #: On SIGTERM, in-flight requests get this long to finish before they are cancelled.
+    drain_timeout_s: float = 10.0
+    #: Consecutive sweeps whose credentials were rejected before the daemon gives up (exit 78).
+    max_auth_failures: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    #: ``host:port`` serving /metrics, /healthz and /readyz; empty = off.
+    listen: str = ""
+    #: /readyz fails when the last completed sweep is older than this (0: 3 x interval + 60 s).
+    ready_max_age_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +141,7 @@ class PollerConfig:
     retry: RetryConfig = RetryConfig()
     sweep: SweepConfig = SweepConfig()
     daemon: DaemonConfig = DaemonConfig()
+    metrics: MetricsConfig = MetricsConfig()
     targets: tuple[TargetConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
     source: str | None = None
@@ -196,7 +221,17 @@ def parse_config(
     data: Mapping[str, Any], *, source: str | None = None, base_dir: Path | None = None
 ) -> PollerConfig:
     """Build a :class:`PollerConfig` from already-parsed TOML data."""
-    known = {"api", "credentials", "limits", "retry", "sweep", "daemon", "targets", "sinks"}
+    known = {
+        "api",
+        "credentials",
+        "limits",
+        "retry",
+        "sweep",
+        "daemon",
+        "metrics",
+        "targets",
+        "sinks",
+    }
     for key in data:
         if key not in known:
             raise ConfigError(
@@ -229,6 +264,7 @@ def parse_config(
         max_in_flight=t.get("max_in_flight", int, 64),
         window_margin_ms=t.get("window_margin_ms", float, 15.0),
         adaptive=t.get("adaptive", bool, True),
+        discovery_qps=t.get("discovery_qps", float, 5.0),
     )
     t.finish()
 
@@ -256,6 +292,16 @@ def parse_config(
     daemon = DaemonConfig(
         interval_s=t.get("interval_s", float, 30.0),
         emit=t.choice("emit", ("changes", "all"), "changes"),  # type: ignore[arg-type]
+        start_jitter_s=t.get("start_jitter_s", float, 0.0),
+        drain_timeout_s=t.get("drain_timeout_s", float, 10.0),
+        max_auth_failures=t.get("max_auth_failures", int, 3),
+    )
+    t.finish()
+
+    t = _table(data, "metrics", source)
+    metrics = MetricsConfig(
+        listen=t.get("listen", str, ""),
+        ready_max_age_s=t.get("ready_max_age_s", float, 0.0),
     )
     t.finish()
 
@@ -281,14 +327,18 @@ def parse_config(
                 raise t.error("uids", f"every UID must be a string; got {bad!r}")
             uids = tuple(value)
         uids_file_text = t.opt_str("uids_file")
+        discover = t.get("discover", bool, False)
         if uids is not None and uids_file_text:
             raise t.error("uids_file", "give either uids or uids_file, not both")
+        if discover and (uids is not None or uids_file_text):
+            raise t.error("discover", "a discovery target takes no uids or uids_file")
         targets.append(
             TargetConfig(
                 app_id=app_id,
                 group_id=group_id,
                 uids=uids,
                 uids_file=_resolve(uids_file_text, base_dir) if uids_file_text else None,
+                discover=discover,
             )
         )
         t.finish()
@@ -322,6 +372,7 @@ def parse_config(
             retry=retry,
             sweep=sweep,
             daemon=daemon,
+            metrics=metrics,
             targets=tuple(targets),
             sinks=tuple(sinks),
             source=source,
@@ -380,6 +431,19 @@ def _validate(cfg: PollerConfig) -> None:
     if not 1 <= cfg.sweep.max_uid_bytes <= 4096:
         raise ConfigError("must be between 1 and 4096", key="sweep.max_uid_bytes")
     _positive(cfg.daemon.interval_s, "daemon.interval_s")
+    _positive(cfg.daemon.start_jitter_s, "daemon.start_jitter_s", allow_zero=True)
+    _positive(cfg.daemon.drain_timeout_s, "daemon.drain_timeout_s", allow_zero=True)
+    if cfg.daemon.max_auth_failures < 1:
+        raise ConfigError("must be >= 1", key="daemon.max_auth_failures")
+    _positive(cfg.limits.discovery_qps, "limits.discovery_qps")
+    _positive(cfg.metrics.ready_max_age_s, "metrics.ready_max_age_s", allow_zero=True)
+    if cfg.metrics.listen:
+        host, sep, port = cfg.metrics.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(
+                f"must be host:port, e.g. 127.0.0.1:9108; got {cfg.metrics.listen!r}",
+                key="metrics.listen",
+            )
     creds = cfg.credentials
     if bool(creds.access_key_id) != bool(creds.access_key_secret):
         raise ConfigError(

@@ -23,14 +23,24 @@ from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from .batching import Batcher, Rejected
 from .client import BatchFetcher, LiveClient
 from .clock import Clock, LoopClock, epoch_ms
 from .config import PollerConfig
 from .credentials import resolve_credentials
-from .errors import PermissionDenied, PollerError, ThrottledError
+from .errors import (
+    AttemptTimeout,
+    AuthError,
+    InvalidRequestError,
+    MalformedResponse,
+    NonceReusedError,
+    PermissionDenied,
+    PollerError,
+    ThrottledError,
+    TransportError,
+)
 from .merge import MergeCounts, error_records, merge_answer
 from .ratelimit import PacedRateLimiter, RateMeter
 from .records import Batch, ErrorRecord, Record, Target
@@ -39,7 +49,7 @@ from .signing import SigningCredentials
 from .sinks import Sink
 from .sources import UidInput, iter_chunks
 
-__all__ = ["Poller", "SweepStats", "Work"]
+__all__ = ["Observer", "Poller", "SweepStats", "Work", "outcome_of"]
 
 log = logging.getLogger("poller")
 
@@ -93,6 +103,38 @@ class SweepStats:
         }
 
 
+class Observer(Protocol):
+    """Hooks for metrics; called on the event loop, so keep them cheap."""
+
+    def request_done(self, outcome: str, duration_s: float) -> None: ...
+
+    def retried(self, reason: str) -> None: ...
+
+    def rate_waited(self, seconds: float) -> None: ...
+
+
+def outcome_of(error: PollerError | None) -> str:
+    """A low-cardinality label for one attempt's result."""
+    if error is None:
+        return "ok"
+    for cls, name in _OUTCOMES:
+        if isinstance(error, cls):
+            return name
+    return "server_error" if error.retriable else "client_error"
+
+
+_OUTCOMES: tuple[tuple[type[PollerError], str], ...] = (
+    (ThrottledError, "throttled"),
+    (AuthError, "auth_error"),
+    (PermissionDenied, "forbidden"),
+    (InvalidRequestError, "invalid_request"),
+    (NonceReusedError, "nonce_reused"),
+    (AttemptTimeout, "timeout"),
+    (TransportError, "connection_error"),
+    (MalformedResponse, "malformed"),
+)
+
+
 class _State:
     __slots__ = ("deadline", "stats")
 
@@ -123,8 +165,10 @@ class Poller:
         rate_meter: RateMeter | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.config = config
+        self.observer = observer
         self._fetcher = fetcher
         self._credentials = credentials
         self._rate: RateMeter | None = rate_meter
@@ -135,6 +179,8 @@ class Poller:
         self._client: LiveClient | None = None
         self._inflight: asyncio.Semaphore | None = None
         self._stop = False
+        self._aborting = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._sweeps = 0
         self._opened = False
         self.current: SweepStats | None = None
@@ -177,6 +223,18 @@ class Poller:
     def request_stop(self) -> None:
         """Stop starting requests; in-flight ones finish, unsent UIDs get ``Cancelled`` records."""
         self._stop = True
+
+    def abort_in_flight(self) -> None:
+        """Cancel requests still in flight (after a drain timeout); their UIDs get ``Cancelled``."""
+        self._stop = True
+        self._aborting = True
+        for task in list(self._tasks):
+            task.cancel()
+
+    @property
+    def client(self) -> LiveClient | None:
+        """The HTTP client (``None`` when a custom fetcher was given)."""
+        return self._client
 
     @property
     def rate_meter(self) -> RateMeter:
@@ -273,10 +331,12 @@ class Poller:
                         continue
                     await inflight.acquire()
                     try:
-                        await rate.acquire()
+                        waited = await rate.acquire()
                     except BaseException:
                         inflight.release()
                         raise
+                    if self.observer is not None:
+                        self.observer.rate_waited(waited)
                     reason = self._skip_reason(state)
                     if reason is not None:
                         inflight.release()
@@ -284,7 +344,9 @@ class Poller:
                         continue
                     self._budget.on_first_attempt()
                     stats.first_attempts += 1
-                    tg.create_task(self._run_batch(item, state, queue))
+                    task = tg.create_task(self._run_batch(item, state, queue))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
         finally:
             await stream.aclose()
 
@@ -345,7 +407,20 @@ class Poller:
         assert self._inflight is not None and self._rate is not None and self._fetcher
         stats = state.stats
         try:
-            records = await self._attempts(batch, state)
+            try:
+                records = await self._attempts(batch, state)
+            except asyncio.CancelledError:
+                if not self._aborting:
+                    raise  # the sweep itself is being torn down
+                stats.batches_failed += 1
+                records = error_records(
+                    batch,
+                    None,
+                    sweep=stats.sweep,
+                    polled_at=epoch_ms(),
+                    code="Cancelled",
+                    message="cancelled in flight: the drain timeout passed",
+                )
             await self._emit(queue, stats, records)
         finally:
             self._inflight.release()
@@ -357,8 +432,11 @@ class Poller:
         while True:
             attempts += 1
             if attempts > 1:
-                await self._rate.acquire()
+                waited = await self._rate.acquire()
+                if self.observer is not None:
+                    self.observer.rate_waited(waited)
             stats.requests += 1
+            started = self._clock.monotonic()
             try:
                 answer = await self._fetcher.fetch(batch)
                 records = merge_answer(
@@ -370,6 +448,8 @@ class Poller:
                     counts=stats.merge,
                 )
             except PollerError as err:
+                if self.observer is not None:
+                    self.observer.request_done(outcome_of(err), self._clock.monotonic() - started)
                 if isinstance(err, ThrottledError):
                     stats.throttled += 1
                     self._rate.on_throttled(err.retry_after_s)
@@ -396,12 +476,16 @@ class Poller:
                         )
                     if self._budget.try_spend():
                         stats.retries += 1
+                        if self.observer is not None:
+                            self.observer.retried(err.code)
                         await self._clock.sleep(delay)
                         continue
                 stats.batches_failed += 1
                 return error_records(
                     batch, err, sweep=stats.sweep, polled_at=epoch_ms(), attempts=attempts
                 )
+            if self.observer is not None:
+                self.observer.request_done("ok", self._clock.monotonic() - started)
             stats.batches_ok += 1
             return records
 

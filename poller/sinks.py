@@ -42,13 +42,23 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
+class _Stream(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class _StreamSink:
     def __init__(self, name: str) -> None:
         self._name = name
-        self._stream: BinaryIO | None = None
+        self._stream: _Stream | None = None
         self.lines = 0
 
-    def _target(self) -> BinaryIO:
+    def _target(self) -> _Stream:
         raise NotImplementedError
 
     async def write(self, records: Sequence[Record]) -> None:
@@ -79,7 +89,7 @@ class StdoutSink(_StreamSink):
         super().__init__("stdout")
         self._given = stream
 
-    def _target(self) -> BinaryIO:
+    def _target(self) -> _Stream:
         return self._given or sys.stdout.buffer
 
     async def aclose(self) -> None:
@@ -87,16 +97,20 @@ class StdoutSink(_StreamSink):
 
 
 class FileSink(_StreamSink):
-    """JSON Lines appended to a file; flushed (and optionally fsynced) at the end of each sweep."""
+    """JSON Lines appended to a file; optionally fsynced at the end of each sweep.
+
+    The file is unbuffered: each ``write`` hands its whole lines to the OS in one call, so
+    even an abrupt exit (a second SIGTERM) cannot leave half a record behind.
+    """
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         super().__init__(str(path))
         self.path = Path(path)
         self._fsync = fsync
 
-    def _target(self) -> BinaryIO:
+    def _target(self) -> _Stream:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self.path.open("ab")
+        return _WholeWrites(self.path.open("ab", buffering=0))
 
     async def flush(self) -> None:
         await super().flush()
@@ -115,6 +129,32 @@ class FileSink(_StreamSink):
         finally:
             self._stream.close()
             self._stream = None
+
+
+class _WholeWrites:
+    """An unbuffered file whose ``write`` loops until every byte is written."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        total = 0
+        while total < len(view):
+            n = self._raw.write(view[total:])
+            if not n:
+                raise OSError("short write")
+            total += n
+        return total
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 RecordCallback = Callable[[Record], Awaitable[None] | None]

@@ -1,0 +1,106 @@
+"""Change detection across sweeps (pure): remember each UID's last presence, report flips.
+
+A ``change`` record is emitted when a UID's ``online`` flips or its ``join_time`` changes (a
+re-join) between two sweeps. Error records never change the remembered state (a failed poll
+says nothing about presence). UIDs absent from a sweep are forgotten after it, so a UID list
+that shrinks on reload does not leak memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Literal
+
+from .records import ChangeRecord, Record, Target
+
+__all__ = ["ChangeTracker"]
+
+
+class ChangeTracker:
+    """Per-target memory of ``uid -> (online, join_time, sweep)``."""
+
+    def __init__(self, emit: Literal["changes", "all"] = "changes") -> None:
+        self.emit = emit
+        self._state: dict[Target, dict[str, tuple[bool, int, int]]] = {}
+        self._first_sweep: dict[Target, int] = {}
+        self.changes = 0
+
+    def known(self, target: Target) -> bool:
+        return target in self._state
+
+    def process(self, records: list[Record]) -> list[Record]:
+        """Records to write for one batch of sweep records (in order)."""
+        out: list[Record] = []
+        emit_all = self.emit == "all"
+        for rec in records:
+            if rec["type"] == "presence":
+                target = Target(rec["app_id"], rec["group_id"])
+                states = self._state.get(target)
+                if states is None:
+                    states = self._state[target] = {}
+                    self._first_sweep[target] = rec["sweep"]
+                first = self._first_sweep[target] == rec["sweep"]
+                uid, online, join_time = rec["uid"], rec["online"], rec["join_time"]
+                prev = states.get(uid)
+                states[uid] = (online, join_time, rec["sweep"])
+                if emit_all:
+                    out.append(rec)
+                if prev is not None and (prev[0] != online or prev[1] != join_time):
+                    self.changes += 1
+                    out.append(
+                        ChangeRecord(
+                            type="change",
+                            sweep=rec["sweep"],
+                            app_id=rec["app_id"],
+                            group_id=rec["group_id"],
+                            uid=uid,
+                            online=online,
+                            previous_online=prev[0],
+                            join_time=join_time,
+                            polled_at=rec["polled_at"],
+                        )
+                    )
+                elif prev is None and not first and not emit_all:
+                    # A UID new to a known target (added to its list, or a new member): its
+                    # first state is news too. On a target's very first sweep state is learned.
+                    self.changes += 1
+                    out.append(
+                        ChangeRecord(
+                            type="change",
+                            sweep=rec["sweep"],
+                            app_id=rec["app_id"],
+                            group_id=rec["group_id"],
+                            uid=uid,
+                            online=online,
+                            previous_online=None,
+                            join_time=join_time,
+                            polled_at=rec["polled_at"],
+                        )
+                    )
+            elif rec["type"] == "error":
+                target = Target(rec["app_id"], rec["group_id"])
+                states = self._state.get(target)
+                if states is not None and rec["uid"] in states:
+                    online, join_time, _ = states[rec["uid"]]
+                    states[rec["uid"]] = (online, join_time, rec["sweep"])  # keep, not forget
+                out.append(rec)
+            else:
+                out.append(rec)
+        return out
+
+    def end_sweep(self, sweep: int, targets: set[Target]) -> dict[Target, int]:
+        """Forget UIDs (and targets) not seen in ``sweep``; return online counts per target."""
+        for target in list(self._state):
+            if target not in targets:
+                del self._state[target]
+                del self._first_sweep[target]
+        online: dict[Target, int] = {}
+        for target, states in self._state.items():
+            stale = [uid for uid, (_, _, s) in states.items() if s != sweep]
+            for uid in stale:
+                del states[uid]
+            online[target] = sum(1 for on, _, _ in states.values() if on)
+        return online
+
+    def counts(self) -> Counter[Target]:
+        return Counter({t: len(s) for t, s in self._state.items()})

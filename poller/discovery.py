@@ -1,0 +1,90 @@
+"""Group discovery: learn a group's members with ``ListMessageGroupUser`` before polling it.
+
+Pages of 50 are read newest-first (``SortType=1``). With members joining and leaving while we
+page, newest-first order means a re-join moves a member to the front, which at worst shows it
+twice (the batcher drops the duplicate) rather than shifting an unread member past a page
+boundary. Discovery has its own small rate budget (``limits.discovery_qps``): it is a different
+API with its own limit, and it must not eat the presence budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Protocol
+
+from .clock import Clock
+from .errors import MalformedResponse, PollerError
+from .ratelimit import RateMeter
+from .records import Target
+from .retry import RetryPolicy
+
+__all__ = ["MAX_PAGES", "PAGE_SIZE", "discover_members"]
+
+log = logging.getLogger("poller.discovery")
+
+PAGE_SIZE = 50
+MAX_PAGES = 100_000  # the API's PageNum limit
+
+
+class _Caller(Protocol):
+    async def call(self, action: str, params: dict[str, str]) -> tuple[dict[str, object], str]: ...
+
+
+async def discover_members(
+    client: _Caller,
+    target: Target,
+    meter: RateMeter,
+    clock: Clock,
+    *,
+    policy: RetryPolicy | None = None,
+    rng: random.Random | None = None,
+) -> list[str]:
+    """Every member's user ID (possibly with duplicates, never with gaps we could avoid)."""
+    policy = policy or RetryPolicy(max_attempts=4)
+    rng = rng or random.Random()
+    members: list[str] = []
+    for page in range(1, MAX_PAGES + 1):
+        params = {
+            "AppId": target.app_id,
+            "GroupId": target.group_id,
+            "PageNum": str(page),
+            "PageSize": str(PAGE_SIZE),
+            "SortType": "1",
+        }
+        attempt = 0
+        while True:
+            attempt += 1
+            await meter.acquire()
+            try:
+                data, request_id = await client.call("ListMessageGroupUser", params)
+                users, has_more = _parse_page(data, request_id)
+                break
+            except PollerError as err:
+                if not policy.should_retry(err, attempt):
+                    raise
+                await clock.sleep(policy.backoff_s(err, attempt, rng))
+        members.extend(users)
+        if not has_more or not users:
+            return members
+    log.warning("group %s has more than %d pages; stopped there", target, MAX_PAGES)
+    return members
+
+
+def _parse_page(data: dict[str, object], request_id: str) -> tuple[list[str], bool]:
+    result = data.get("Result")
+    if not isinstance(result, dict):
+        raise MalformedResponse("ListMessageGroupUser answer has no Result", request_id=request_id)
+    user_list = result.get("UserList", [])
+    has_more = result.get("HasMore", False)
+    if not isinstance(user_list, list) or not isinstance(has_more, bool):
+        raise MalformedResponse(
+            "ListMessageGroupUser Result has the wrong shape", request_id=request_id
+        )
+    users = []
+    for entry in user_list:
+        uid = entry.get("UserId") if isinstance(entry, dict) else None
+        if not isinstance(uid, str):
+            raise MalformedResponse("UserList entry without a UserId", request_id=request_id)
+        users.append(uid)
+    return users, has_more

@@ -1,0 +1,218 @@
+"""Prometheus metrics and the /metrics, /healthz, /readyz listener.
+
+Metric names follow Prometheus conventions (base units, ``_total`` counters); labels are low
+cardinality only — never a user ID. Each :class:`Metrics` has its own registry, so several
+pollers (or tests) in one process do not collide.
+
+* ``/healthz`` answers 200 while the event loop is responsive (a ticker measures its lag;
+  above ``max_lag_s`` the answer is 503). A blocked loop cannot answer at all, which a probe's
+  timeout reports the same way.
+* ``/readyz`` answers 200 when the credentials were accepted and the last sweep finished
+  recently and had at least one successful request; otherwise 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .pipeline import SweepStats
+from .records import Target
+
+__all__ = ["HealthServer", "Metrics", "Readiness"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+_SWEEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+
+
+class Metrics:
+    """The daemon's metrics; also the pipeline's :class:`~poller.pipeline.Observer`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "poller_requests", "HTTP attempts by outcome.", ["outcome"], registry=r
+        )
+        self.request_duration = Histogram(
+            "poller_request_duration_seconds",
+            "Duration of one HTTP attempt, from send to parsed answer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sweep_duration = Histogram(
+            "poller_sweep_duration_seconds",
+            "Duration of a whole sweep.",
+            buckets=_SWEEP_BUCKETS,
+            registry=r,
+        )
+        self.sweeps = Counter("poller_sweeps", "Sweeps completed.", registry=r)
+        self.uids = Counter(
+            "poller_uids",
+            "Per-UID results of every sweep: 'presence' or the error code.",
+            ["status"],
+            registry=r,
+        )
+        self.changes = Counter("poller_changes", "Change records emitted.", registry=r)
+        self.online = Gauge(
+            "poller_online_users",
+            "Users online at the last sweep.",
+            ["app_id", "group_id"],
+            registry=r,
+        )
+        self.throttled = Counter(
+            "poller_throttled", "Answers that said the account was throttled.", registry=r
+        )
+        self.retries = Counter(
+            "poller_retries", "Retried attempts by reason.", ["reason"], registry=r
+        )
+        self.rate_wait = Histogram(
+            "poller_rate_limit_wait_seconds",
+            "Time spent waiting for the rate meter per attempt.",
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.ready = Gauge("poller_ready", "1 when /readyz would answer 200.", registry=r)
+        self.last_sweep = Gauge(
+            "poller_last_sweep_timestamp_seconds",
+            "Unix time the last sweep finished.",
+            registry=r,
+        )
+
+    # Observer hooks
+    def request_done(self, outcome: str, duration_s: float) -> None:
+        self.requests.labels(outcome).inc()
+        self.request_duration.observe(duration_s)
+        if outcome == "throttled":
+            self.throttled.inc()
+
+    def retried(self, reason: str) -> None:
+        self.retries.labels(reason).inc()
+
+    def rate_waited(self, seconds: float) -> None:
+        self.rate_wait.observe(seconds)
+
+    def sweep_done(self, stats: SweepStats, online: dict[Target, int], changes: int) -> None:
+        self.sweeps.inc()
+        self.sweep_duration.observe(stats.duration_s)
+        for status, count in stats.records.items():
+            self.uids.labels(status).inc(count)
+        for target, count in online.items():
+            self.online.labels(target.app_id, target.group_id).set(count)
+        self.changes.inc(changes)
+        self.last_sweep.set(time.time())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass(slots=True)
+class Readiness:
+    """What /readyz decides on; the daemon updates it after every sweep."""
+
+    max_age_s: float
+    last_sweep_at: float | None = None  # monotonic
+    credentials_ok: bool | None = None
+    last_sweep_ok: bool = False
+    reason: str = "no sweep has completed yet"
+
+    def check(self, now: float) -> tuple[bool, str]:
+        if self.credentials_ok is False:
+            return False, self.reason
+        if self.last_sweep_at is None:
+            return False, self.reason
+        if now - self.last_sweep_at > self.max_age_s:
+            return False, f"the last sweep finished {now - self.last_sweep_at:.0f} s ago"
+        if not self.last_sweep_ok:
+            return False, self.reason
+        return True, "ok"
+
+
+class HealthServer:
+    """aiohttp app on ``listen`` (``host:port``) serving metrics and probes."""
+
+    def __init__(
+        self,
+        listen: str,
+        metrics: Metrics,
+        readiness: Readiness,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_lag_s: float = 5.0,
+    ) -> None:
+        host, _, port = listen.rpartition(":")
+        self._host = host.strip("[]")
+        self._port = int(port)
+        self._metrics = metrics
+        self._readiness = readiness
+        self._monotonic = monotonic
+        self._max_lag = max_lag_s
+        self._lag = 0.0
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.port = self._port
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_view)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server  # the bound socket tells the real port when 0 was asked for
+        sockets = getattr(server, "sockets", None)
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        self._ticker = asyncio.create_task(self._tick(), name="poller-loop-lag")
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _tick(self) -> None:
+        interval = 0.5
+        while True:
+            before = self._monotonic()
+            await asyncio.sleep(interval)
+            self._lag = max(0.0, self._monotonic() - before - interval)
+
+    async def _metrics_view(self, request: web.Request) -> web.Response:
+        ok, _ = self._readiness.check(self._monotonic())
+        self._metrics.ready.set(1 if ok else 0)
+        return web.Response(
+            body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        healthy = self._lag <= self._max_lag
+        return web.json_response(
+            {
+                "status": "ok" if healthy else "event loop lagging",
+                "loop_lag_s": round(self._lag, 4),
+            },
+            status=200 if healthy else 503,
+        )
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok, reason = self._readiness.check(self._monotonic())
+        self._metrics.ready.set(1 if ok else 0)
+        return web.json_response(
+            {"status": "ready" if ok else "not ready", "reason": reason},
+            status=200 if ok else 503,
+        )

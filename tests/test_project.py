@@ -1,0 +1,60 @@
+"""Project-level promises: the public API, the example config, the module layering."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from pathlib import Path
+
+import poller
+from poller.config import PollerConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_public_api_is_sorted_and_importable() -> None:
+    assert poller.__all__ == sorted(poller.__all__)
+    for name in poller.__all__:
+        assert getattr(poller, name) is not None
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
+    example = ROOT / "config.example.toml"
+    load_config(example)
+    text = example.read_text("utf-8")
+    documented = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.M))
+    sections = {f.name: f.type for f in dataclasses.fields(PollerConfig)}
+    for name in ("api", "credentials", "limits", "retry", "sweep", "daemon", "metrics"):
+        assert f"[{name}]" in text
+        section = getattr(PollerConfig(), name)
+        for field in dataclasses.fields(section):
+            assert field.name in documented, f"{name}.{field.name} is not in config.example.toml"
+    for name in ("targets", "sinks"):
+        assert f"[[{name}]]" in text and name in sections
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text("utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_layering() -> None:
+    """Pure modules stay pure; aiohttp and uvloop live only where they belong."""
+    package = ROOT / "poller"
+    pure = ("signing.py", "batching.py", "merge.py", "retry.py", "config.py", "records.py")
+    for name in pure:
+        assert not _imports(package / name) & {"asyncio", "aiohttp", "uvloop"}, name
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package).as_posix()
+        used = _imports(path)
+        if "uvloop" in used:
+            assert rel in {"cli.py", "emulator/cli.py"}, rel
+        if "aiohttp" in used:
+            assert rel.startswith("emulator/") or rel in {"client.py", "metrics.py"}, rel
