@@ -4,8 +4,11 @@ No I/O, no clock, no asyncio: the same input always gives the same batches, whic
 property tests in ``tests/test_batching.py`` rely on.
 
 A valid user ID is a non-empty string of at most ``max_uid_bytes`` UTF-8 bytes with no ``,``
-(the API's separator), no control or format characters and no lone surrogates (undecodable
-input). IDs are never trimmed or altered: what is valid is sent exactly as given.
+(the API's separator), no control characters, no invisible format characters (zero-width space,
+BOM, bidi overrides; the zero-width joiners that emoji need are allowed), no line/paragraph
+separators and no lone surrogates (undecodable input). Private-use and not-yet-assigned code
+points are accepted, so validity does not depend on the Python version's Unicode tables. IDs are
+never trimmed or altered: what is valid is sent exactly as given.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ __all__ = ["MAX_BATCH", "Batcher", "Rejected", "invalid_reason"]
 #: The API answers for at most this many user IDs per call.
 MAX_BATCH: Final = 20
 
-_BAD_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_BAD_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+#: Format characters that real text needs (emoji ZWJ sequences, Persian/Indic scripts).
+_JOINERS: Final = frozenset({"\u200c", "\u200d"})
 
 
 def invalid_reason(uid: str, max_uid_bytes: int = 128) -> str | None:
@@ -38,11 +43,9 @@ def invalid_reason(uid: str, max_uid_bytes: int = 128) -> str | None:
         return "user ID contains ','"
     for ch in uid:
         category = unicodedata.category(ch)
-        if category in _BAD_CATEGORIES:
+        if category in _BAD_CATEGORIES and ch not in _JOINERS:
             if category == "Cs":
                 return f"user ID is not valid UTF-8 (lone surrogate U+{ord(ch):04X})"
-            if category == "Cn":
-                return f"user ID contains an unassigned code point U+{ord(ch):04X}"
             return f"user ID contains a control or format character U+{ord(ch):04X}"
     size = len(uid.encode("utf-8"))
     if size > max_uid_bytes:

@@ -379,7 +379,7 @@ def parse_config(
         )
     except ConfigError as exc:
         if exc.source is None and source is not None:
-            raise ConfigError(exc.message, source=source) from None
+            raise ConfigError(exc.detail, source=source, key=exc.key, line=exc.line) from None
         raise
 
 

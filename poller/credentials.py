@@ -76,9 +76,19 @@ def resolve_credentials(
 def _from_ini(path: Path, profile: str) -> SigningCredentials:
     parser = configparser.ConfigParser(inline_comment_prefixes=("#",), interpolation=None)
     try:
-        parser.read_string(path.read_text("utf-8"), source=str(path))
-    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read credentials file: {exc}", source=str(path)) from exc
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as exc:
+        # configparser quotes the offending line, which may hold the secret: never show it.
+        line = getattr(exc, "lineno", None)
+        if line is None and isinstance(exc, configparser.ParsingError) and exc.errors:
+            line = exc.errors[0][0]
+        raise ConfigError(
+            f"not a valid INI file ({type(exc).__name__})", source=str(path), line=line
+        ) from None
     if not parser.has_section(profile):
         raise ConfigError(f"no profile [{profile}]", source=str(path))
     section = parser[profile]

@@ -385,11 +385,12 @@ class Daemon:
         fatal: PollerError | None = None
         changes_before = tracker.changes
         try:
-            async for records in poller.sweep_batches(work):
-                out = tracker.process(records)
-                if out:
-                    for sink in sinks:
-                        await sink.write(out)
+            async with contextlib.aclosing(poller.sweep_batches(work)) as batches:
+                async for records in batches:
+                    out = tracker.process(records)
+                    if out:
+                        for sink in sinks:
+                            await sink.write(out)
         except AuthError as exc:
             fatal = exc
         finally:

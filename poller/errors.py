@@ -86,6 +86,8 @@ class ConfigError(PollerError):
             where.append(f"key {key!r}")
         full = f"{', '.join(where)}: {message}" if where else message
         super().__init__(full)
+        #: The message without the location prefix.
+        self.detail = message
         self.source = source
         self.key = key
         self.line = line

@@ -254,11 +254,12 @@ class Poller:
         """One sweep over one target: yields exactly one record per distinct input UID."""
         if isinstance(target, tuple):
             target = Target(*target)
-        async for records in self.sweep_batches([(target, uids)]):
-            for record in records:
-                yield record
+        async with contextlib.aclosing(self.sweep_batches([(target, uids)])) as batches:
+            async for records in batches:
+                for record in records:
+                    yield record
 
-    async def sweep_batches(self, work: Sequence[Work]) -> AsyncIterator[list[Record]]:
+    async def sweep_batches(self, work: Sequence[Work]) -> AsyncGenerator[list[Record], None]:
         """One sweep over several targets (their batches interleave), as lists of records.
 
         Raises the fatal error (e.g. :class:`~poller.errors.AuthError`) at the end if one
@@ -302,9 +303,10 @@ class Poller:
         """One sweep written to ``sinks`` (flushed at the end). Returns its counters."""
         sinks = list(sinks)
         try:
-            async for records in self.sweep_batches(work):
-                for sink in sinks:
-                    await sink.write(records)
+            async with contextlib.aclosing(self.sweep_batches(work)) as batches:
+                async for records in batches:
+                    for sink in sinks:
+                        await sink.write(records)
         finally:
             for sink in sinks:
                 await sink.flush()
@@ -409,6 +411,7 @@ class Poller:
         try:
             try:
                 records = await self._attempts(batch, state)
+                records = await self._repoll_missing(batch, state, records)
             except asyncio.CancelledError:
                 if not self._aborting:
                     raise  # the sweep itself is being torn down
@@ -425,10 +428,29 @@ class Poller:
         finally:
             self._inflight.release()
 
-    async def _attempts(self, batch: Batch, state: _State) -> list[Record]:
+    async def _repoll_missing(
+        self, batch: Batch, state: _State, records: list[Record]
+    ) -> list[Record]:
+        """Ask once more for UIDs an answer left out (a partial answer is worth one retry)."""
+        missing = [r for r in records if r["type"] == "error" and r["code"] == "MissingInResponse"]
+        if not missing or (len(missing) == len(batch.uids) and len(batch.uids) > 1):
+            return records  # an answer missing everything is suspicious: keep it as it is
+        attempts = max(r.get("attempts", 1) for r in missing)
+        if attempts >= self._policy.max_attempts or self._skip_reason(state) is not None:
+            return records
+        if not self._budget.try_spend():
+            return records
+        state.stats.retries += 1
+        if self.observer is not None:
+            self.observer.retried("MissingInResponse")
+        sub = Batch(batch.target, tuple(r["uid"] for r in missing))
+        again = {r["uid"]: r for r in await self._attempts(sub, state, start=attempts + 1)}
+        return [again.get(r["uid"], r) if r in missing else r for r in records]
+
+    async def _attempts(self, batch: Batch, state: _State, start: int = 1) -> list[Record]:
         assert self._rate is not None and self._fetcher is not None
         stats = state.stats
-        attempts = 0
+        attempts = start - 1
         while True:
             attempts += 1
             if attempts > 1:
@@ -464,7 +486,8 @@ class Poller:
                     if state.deadline is not None and (
                         self._clock.monotonic() + delay >= state.deadline
                     ):
-                        stats.batches_failed += 1
+                        if start == 1:
+                            stats.batches_failed += 1
                         return error_records(
                             batch,
                             err,
@@ -480,13 +503,19 @@ class Poller:
                             self.observer.retried(err.code)
                         await self._clock.sleep(delay)
                         continue
-                stats.batches_failed += 1
+                if start == 1:
+                    stats.batches_failed += 1
                 return error_records(
                     batch, err, sweep=stats.sweep, polled_at=epoch_ms(), attempts=attempts
                 )
             if self.observer is not None:
                 self.observer.request_done("ok", self._clock.monotonic() - started)
-            stats.batches_ok += 1
+            if start == 1:
+                stats.batches_ok += 1
+            if attempts > 1:
+                for rec in records:
+                    if rec["type"] == "error":
+                        rec["attempts"] = attempts
             return records
 
 

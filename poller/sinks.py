@@ -29,8 +29,26 @@ __all__ = ["CallbackSink", "FileSink", "Sink", "StdoutSink", "encode_records"]
 _OPTS = orjson.OPT_APPEND_NEWLINE
 
 
+def _printable(value: object) -> object:
+    """A string orjson can encode: undecodable input bytes shown as ``\\xNN`` escapes."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("ascii")
+    return value
+
+
+def _encode(record: Record) -> bytes:
+    try:
+        return orjson.dumps(record, option=_OPTS)
+    except orjson.JSONEncodeError:
+        # Only an InvalidUserId record of an undecodable line gets here (lone surrogates).
+        return orjson.dumps({k: _printable(v) for k, v in record.items()}, option=_OPTS)
+
+
 def encode_records(records: Sequence[Record]) -> bytes:
-    return b"".join([orjson.dumps(r, option=_OPTS) for r in records])
+    return b"".join([_encode(r) for r in records])
 
 
 @runtime_checkable

@@ -6,9 +6,10 @@ pipe or disk never blocks the event loop), iterables are consumed lazily. Each s
 as ``path:line``.
 
 File format: one user ID per line, UTF-8; blank lines and lines whose first non-blank
-character is ``#`` are skipped; the line ending (``\\n`` or ``\\r\\n``) is removed and nothing
-else, so IDs with inner or trailing spaces are kept exactly. Undecodable bytes become lone
-surrogates and are then rejected as invalid IDs rather than crashing the run.
+character is ``#`` are skipped; a leading UTF-8 byte-order mark is dropped; the line ending
+(``\\n`` or ``\\r\\n``) is removed and nothing else, so IDs with inner or trailing spaces are
+kept exactly. Undecodable bytes become lone surrogates and are then rejected as invalid IDs
+rather than crashing the run.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class Chunk:
 def read_uid_lines(stream: BinaryIO) -> Iterator[tuple[int, str]]:
     """``(line_number, uid)`` for each ID line of a binary stream (see the module docstring)."""
     for number, raw in enumerate(stream, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 byte-order mark, as some editors write
         text = raw.decode("utf-8", "surrogateescape")
         if text.endswith("\n"):
             text = text[:-1]

@@ -187,9 +187,7 @@ def test_nonces_are_fresh_hex() -> None:
 
 @given(
     uids=st.lists(
-        st.text(
-            alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20
-        ),
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20),
         min_size=1,
         max_size=20,
     )
