@@ -41,7 +41,7 @@ def _params(v: dict[str, Any]) -> dict[str, str]:
 
 
 def _header(v: dict[str, Any], name: str) -> str:
-    return next(val for n, val in v["request"]["headers"] if n.lower() == name)
+    return str(next(val for n, val in v["request"]["headers"] if n.lower() == name))
 
 
 def test_all_fifteen_vectors_present() -> None:
@@ -187,7 +187,7 @@ def test_nonces_are_fresh_hex() -> None:
 
 @given(
     uids=st.lists(
-        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20),
+        st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=20),
         min_size=1,
         max_size=20,
     )
