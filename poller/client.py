@@ -214,6 +214,9 @@ class LiveClient:
             return data, request_id
         code = data.get("Code")
         message = data.get("Message")
+        if isinstance(message, str) and "string to sign" in message:
+            # The server echoes its string-to-sign, which in V1 holds the STS token: drop it.
+            message = message.split(" server string to sign", 1)[0].rstrip(" .:") + "."
         raise error_for_response(
             http_status=status,
             code=code if isinstance(code, str) else None,

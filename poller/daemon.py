@@ -103,6 +103,7 @@ class Daemon:
         self._members: dict[Target, list[str]] = {}
         self._auth_failures = 0
         self._exit_code = EX_OK
+        self._sinks: list[Sink] = []
 
     @staticmethod
     def _ready_max_age(config: PollerConfig) -> float:
@@ -154,7 +155,7 @@ class Daemon:
         self._install_signals()
         health: HealthServer | None = None
         watchdog: asyncio.Task[None] | None = None
-        sinks = build_sinks(self.config)
+        self._sinks = build_sinks(self.config)
         tracker = ChangeTracker(self.config.daemon.emit)
         try:
             if self.config.metrics.listen:
@@ -179,7 +180,7 @@ class Daemon:
                 interval_s=self.config.daemon.interval_s,
                 emit=self.config.daemon.emit,
             )
-            await self._loop(sinks, tracker)
+            await self._loop(tracker)
         except ConfigError as exc:
             log_event(log, logging.ERROR, "configuration error", error=str(exc))
             self._exit_code = EX_CONFIG
@@ -187,7 +188,7 @@ class Daemon:
             notify("STOPPING=1")
             if self._drain_handle is not None:
                 self._drain_handle.cancel()
-            for sink in sinks:
+            for sink in self._sinks:
                 try:
                     await sink.aclose()
                 except PollerError as exc:
@@ -231,17 +232,19 @@ class Daemon:
         await poller.__aenter__()
         return poller
 
-    async def _loop(self, sinks: list[Sink], tracker: ChangeTracker) -> None:
+    async def _loop(self, tracker: ChangeTracker) -> None:
         loop = asyncio.get_running_loop()
-        jitter = self.config.daemon.start_jitter_s
-        if jitter > 0:
-            await self._sleep_until(loop.time() + random.uniform(0, jitter))
-        next_start = loop.time()
-        while not self._stop.is_set():
+        next_start = loop.time() + random.uniform(0, self.config.daemon.start_jitter_s)
+        while True:
+            await self._sleep_until(next_start)  # returns early for a stop or a reload
+            if self._stop.is_set():
+                return
             if self._reload.is_set():
-                sinks, tracker = await self._apply_reload(sinks, tracker)
+                tracker = await self._apply_reload(tracker)
+                if loop.time() < next_start:
+                    continue  # keep the schedule: a reload never starts a sweep early
             started = loop.time()
-            await self._sweep(sinks, tracker)
+            await self._sweep(self._sinks, tracker)
             if self._stop.is_set() or self._exit_code != EX_OK:
                 return
             next_start += self.config.daemon.interval_s
@@ -255,7 +258,6 @@ class Daemon:
                     interval_s=self.config.daemon.interval_s,
                 )
                 next_start = now
-            await self._sleep_until(next_start)
 
     async def _sleep_until(self, deadline: float) -> None:
         """Sleep until ``deadline`` (loop time), or until a stop or reload signal."""
@@ -278,9 +280,7 @@ class Daemon:
             if self._reload.is_set() and not self._stop.is_set():
                 return  # the loop applies the reload, then keeps the schedule
 
-    async def _apply_reload(
-        self, sinks: list[Sink], tracker: ChangeTracker
-    ) -> tuple[list[Sink], ChangeTracker]:
+    async def _apply_reload(self, tracker: ChangeTracker) -> ChangeTracker:
         self._reload.clear()
         notify(reloading_message())
         try:
@@ -291,12 +291,12 @@ class Daemon:
                 log, logging.ERROR, "reload rejected: keeping the running config", error=str(exc)
             )
             notify("READY=1\nSTATUS=reload rejected; running the previous config")
-            return sinks, tracker
+            return tracker
         old = self.config
         if new.sinks != old.sinks:
-            for sink in sinks:
+            for sink in self._sinks:
                 await sink.aclose()  # everything written so far is flushed, nothing dropped
-            sinks = build_sinks(new)
+            self._sinks = build_sinks(new)
         if new.daemon.emit != old.daemon.emit:
             tracker.emit = new.daemon.emit
         if (new.api, new.credentials, new.limits, new.retry, new.sweep) != (
@@ -318,7 +318,7 @@ class Daemon:
                     error=str(exc),
                 )
                 notify("READY=1")
-                return sinks, tracker
+                return tracker
             await previous.__aexit__(None, None, None)
         else:
             assert self._poller is not None
@@ -327,7 +327,7 @@ class Daemon:
         self._readiness.max_age_s = self._ready_max_age(new)
         log_event(log, logging.INFO, "reloaded", targets=len(new.targets))
         notify("READY=1\nSTATUS=polling")
-        return sinks, tracker
+        return tracker
 
     async def _work(self) -> list[Work]:
         assert self._poller is not None

@@ -86,7 +86,7 @@ def _signed_header_plan(signed_headers: str) -> tuple[tuple[str, ...], frozenset
     """
     plan = _plans.get(signed_headers)
     if plan is None:
-        names = sorted({h.strip().lower() for h in signed_headers.split(";") if h.strip()})
+        names = sorted(h.strip().lower() for h in signed_headers.split(";") if h.strip())
         plan = (tuple(names), frozenset(names))
         if len(_plans) >= 256:
             _plans.clear()

@@ -20,6 +20,7 @@ These requests are not API requests: they are neither counted nor throttled nor 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from .server import Emulator
 
 __all__ = ["add_routes"]
+
+logger = logging.getLogger("poller.emulator")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,6 +78,9 @@ def _guard(emulator: Emulator, methods: dict[str, Handler]) -> Handler:
             return await method(request)
         except errors.ApiError as exc:
             return emulator.error_response(request, rid, exc, None)
+        except Exception:
+            logger.exception("internal error in %s %s", request.method, request.path)
+            return emulator.error_response(request, rid, errors.internal_error(), None)
 
     return handler
 

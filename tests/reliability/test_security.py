@@ -1,0 +1,162 @@
+"""Secrets never leak; listeners bind loopback; TLS is verified unless explicitly relaxed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from poller.config import ApiConfig, MetricsConfig, PollerConfig
+from poller.emulator import EmulatorConfig
+from poller.pipeline import Poller
+from poller.records import Target
+from poller.signing import SigningCredentials
+from poller.testing import EmulatorProcess
+
+SECRET = "s3cr3t-VALUE-that-must-not-leak"
+TOKEN = "CAIS-sts-TOKEN/that+must=not=leak"
+LEAKS = re.compile(
+    rb"s3cr3t-VALUE|sts-TOKEN|Signature=[A-Za-z0-9%+/]{10,}|Signature=[0-9a-f]{64}"
+    rb"|Credential=.*,Signature="
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signature", ["v3", "v1"])
+def test_no_secret_token_or_signature_in_any_output(tmp_path: Path, signature: str) -> None:
+    faults = "500=0.1,reset_before=0.1,reset_after=0.1,malformed=0.1,hang=0.05"
+    args = (
+        "--sts-key",
+        f"sts-id:{SECRET}:{TOKEN}",
+        "--faults",
+        faults,
+        "--seed",
+        "9",
+        "--hang-s",
+        "1",
+        "--qps",
+        "0",
+    )
+    with EmulatorProcess(*args) as emulator:
+        config = tmp_path / "poller.toml"
+        config.write_text(
+            f'[api]\nendpoint = "{emulator.endpoint}"\nprotocol = "http"\n'
+            f'signature = "{signature}"\ntimeout_s = 0.3\n'
+            f'[credentials]\naccess_key_id = "sts-id"\naccess_key_secret = "{SECRET}"\n'
+            f'security_token = "{TOKEN}"\n',
+            "utf-8",
+        )
+        uids = ",".join(f"user-{i:06d}" for i in range(1, 401))
+        once = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "poller",
+                "-v",
+                "once",
+                "--config",
+                str(config),
+                "--target",
+                "demo-app/demo-group",
+                "--uids",
+                uids,
+            ],
+            capture_output=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        check = subprocess.run(
+            [sys.executable, "-m", "poller", "check-config", str(config)],
+            capture_output=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        bad = tmp_path / "bad.toml"  # a wrong secret: the server's string-to-sign comes back
+        bad.write_text(config.read_text("utf-8").replace(SECRET, "wrong-" + SECRET), "utf-8")
+        wrong = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "poller",
+                "-v",
+                "once",
+                "--config",
+                str(bad),
+                "--target",
+                "demo-app/demo-group",
+                "--uids",
+                uids,
+            ],
+            capture_output=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    assert once.returncode == 0, once.stderr.decode()
+    assert b'"type":"presence"' in once.stdout
+    assert check.returncode == 0 and b"****" in check.stdout
+    assert wrong.returncode == 78
+    for proc in (once, check, wrong):
+        for stream in (proc.stdout, proc.stderr):
+            match = LEAKS.search(stream)
+            assert match is None, match.group(0) if match else None
+
+
+def test_repr_of_configs_and_credentials_hide_secrets() -> None:
+    config = PollerConfig().with_changes(
+        credentials=PollerConfig().credentials.__class__(
+            access_key_id="id", access_key_secret=SECRET, security_token=TOKEN
+        )
+    )
+    creds = SigningCredentials("id", SECRET, TOKEN)
+    for text in (repr(config), str(config), repr(creds)):
+        assert SECRET not in text and TOKEN not in text
+
+
+def test_listeners_bind_loopback_by_default() -> None:
+    assert EmulatorConfig().host == "127.0.0.1"
+    assert MetricsConfig().listen == ""  # off unless configured
+    assert ApiConfig().verify_tls is True and ApiConfig().protocol == "https"
+
+
+async def _https_sweep(verify: bool, ca: trustme.CA) -> list[tuple[str, str]]:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"RequestId": "r", "Result": {"OnlineUsers": []}})
+
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    app = web.Application()
+    app.router.add_post("/", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(ssl=server_ctx)
+    try:
+        config = PollerConfig(
+            api=ApiConfig(endpoint=f"127.0.0.1:{server.port}", verify_tls=verify, timeout_s=2)
+        )
+        async with Poller(config, credentials=SigningCredentials("id", SECRET)) as poller:
+            return [
+                (str(r.get("code", "presence")), str(r.get("message", "")))
+                async for r in poller.sweep(Target("a", "g"), ["u1"])
+            ]
+    finally:
+        await server.close()
+
+
+def test_tls_is_verified_by_default_and_relaxing_it_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ca = trustme.CA()  # not trusted by the client: verification must fail
+    [(code, message)] = asyncio.run(_https_sweep(True, ca))
+    assert code == "ConnectionError" and "CERTIFICATE_VERIFY_FAILED" in message
+    with caplog.at_level(logging.WARNING):
+        [(code, _)] = asyncio.run(_https_sweep(False, ca))
+    assert code == "MissingInResponse"  # connected; the empty answer is then reported
+    assert any("verification is DISABLED" in r.getMessage() for r in caplog.records)
