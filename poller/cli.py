@@ -62,7 +62,10 @@ def _err(message: str) -> None:
 # once
 
 
-def _once_work(args: argparse.Namespace, config: PollerConfig) -> list[Work]:
+def _once_work(
+    args: argparse.Namespace, config: PollerConfig
+) -> list[tuple[Target, UidInput | None]]:
+    """The sweep's work; ``None`` as a source means "discover the members first"."""
     given: UidInput | None = None
     if args.uids is not None:
         given = [u for u in args.uids.split(",")] if args.uids else [""]
@@ -81,16 +84,38 @@ def _once_work(args: argparse.Namespace, config: PollerConfig) -> list[Work]:
         if len(targets) != 1:
             raise ConfigError("--uids/--uids-file need exactly one target; pass --target APP/GROUP")
         return [(Target(targets[0].app_id, targets[0].group_id), given)]
-    work: list[Work] = []
+    work: list[tuple[Target, UidInput | None]] = []
     for i, t in enumerate(targets):
-        source: UidInput
+        source: UidInput | None
         if t.uids is not None:
             source = list(t.uids)
         elif t.uids_file is not None:
             source = UidFile(t.uids_file)
+        elif t.discover:
+            source = None
         else:
-            raise ConfigError("no UIDs: give uids or uids_file", key=f"targets[{i}]")
+            raise ConfigError(
+                "no UIDs: give uids, uids_file or discover = true", key=f"targets[{i}]"
+            )
         work.append((Target(t.app_id, t.group_id), source))
+    return work
+
+
+async def _resolve_work(
+    poller: Poller, config: PollerConfig, planned: list[tuple[Target, UidInput | None]]
+) -> list[Work]:
+    from .clock import LoopClock
+    from .discovery import discover_members
+    from .ratelimit import PacedRateLimiter
+
+    work: list[Work] = []
+    meter = PacedRateLimiter(config.limits.discovery_qps)
+    for target, source in planned:
+        if source is None:
+            if poller.client is None:  # pragma: no cover - the CLI always has a client
+                raise ConfigError(f"cannot discover members of {target} without a client")
+            source = await discover_members(poller.client, target, meter, LoopClock())
+        work.append((target, source))
     return work
 
 
@@ -167,7 +192,7 @@ def exit_code_for(stats: SweepStats) -> int:
 async def _once(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else PollerConfig()
     config = _apply_overrides(args, config)
-    work = _once_work(args, config)
+    planned = _once_work(args, config)
     sinks = _once_sinks(args, config)
     loop = asyncio.get_running_loop()
     progress: asyncio.Task[None] | None = None
@@ -186,10 +211,15 @@ async def _once(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, on_signal, sig)
         if sys.stderr.isatty() and not args.quiet:
             progress = asyncio.create_task(_progress(lambda: poller.current, loop.time))
+        stats: SweepStats | None = None
         try:
+            work = await _resolve_work(poller, config, planned)
             stats = await poller.run_once(work, sinks)
-        except AuthError:
-            stats = poller.last  # type: ignore[assignment]
+        except AuthError as exc:
+            stats = poller.last
+            if stats is None:  # rejected while discovering members, before any sweep
+                _err(f"credentials rejected by the API: {exc}")
+                return EX_CONFIG
         finally:
             if progress is not None:
                 progress.cancel()
@@ -201,7 +231,6 @@ async def _once(args: argparse.Namespace) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-    assert stats is not None
     if not args.quiet:
         print(f"poller: {_summary_line(stats)}", file=sys.stderr, flush=True)
     if isinstance(stats.fatal, AuthError):

@@ -206,3 +206,44 @@ def test_bad_config_exits_78_naming_file_and_key(tmp_path: Path) -> None:
     code, _, stderr = run_once(tmp_path, '[limits]\nqps = "fast"\n', "--uids", "a")
     assert code == 78
     assert "poller.toml" in stderr and "limits.qps" in stderr
+
+
+def test_once_discovers_members_of_a_discovery_target(tmp_path: Path) -> None:
+    with EmulatorProcess("--group", "demo-app/lobby:75") as emulator:
+        emulator.change_members("demo-app", "lobby", join=["late-joiner"])
+        code, records, stderr = run_once(
+            tmp_path,
+            emulator.config_toml()
+            + '\n[[targets]]\napp_id = "demo-app"\ngroup_id = "lobby"\ndiscover = true\n',
+        )
+    assert code == 0, stderr
+    assert set(one_per_uid(records)) == {f"user-{i:06d}" for i in range(1, 76)} | {"late-joiner"}
+
+
+def test_check_config_masks_secrets_and_rejects_bad_files(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(
+        '[credentials]\naccess_key_id = "AKID"\naccess_key_secret = "' + SECRET + '"\n'
+        '[[targets]]\napp_id = "a"\ngroup_id = "g"\nuids = ["u1"]\n',
+        "utf-8",
+    )
+    ok = subprocess.run(
+        [sys.executable, "-m", "poller", "check-config", str(good)],
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert ok.returncode == 0
+    assert b'access_key_id = "AKID"' in ok.stdout and b"****" in ok.stdout
+    assert SECRET.encode() not in ok.stdout + ok.stderr
+    assert b"qps = 100.0" in ok.stdout  # defaults are shown too
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[targets]]\napp_id = 7\n", "utf-8")
+    fail = subprocess.run(
+        [sys.executable, "-m", "poller", "check-config", str(bad)],
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert fail.returncode == 78
+    assert b"bad.toml" in fail.stderr and b"targets[0].app_id" in fail.stderr
