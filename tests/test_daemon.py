@@ -298,23 +298,38 @@ def test_discovery_polls_exactly_the_members_including_new_ones(
     assert {"newbie-1", "newbie-2"} <= members and "user-000007" not in members
 
 
-def test_systemd_notify_ready_then_stopping(tmp_path: Path, daemons: Any) -> None:
+def test_systemd_notify_ready_reload_watchdog_stopping(tmp_path: Path, daemons: Any) -> None:
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
     sock.settimeout(20)
+    messages: list[str] = []
+
+    def receive_until(prefix: str) -> str:
+        while True:
+            message = sock.recv(4096).decode()
+            messages.append(message)
+            if message.startswith(prefix):
+                return message
+
     try:
         with EmulatorProcess() as emulator:
             config = base_config(emulator) + target("demo-app", "demo-group", uids=["user-000001"])
-            daemon = daemons(tmp_path, config, env={"NOTIFY_SOCKET": path})
-            first = sock.recv(4096).decode()
-            assert first.startswith("READY=1")
+            env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+            daemon = daemons(tmp_path, config, env=env)
+            receive_until("READY=1")
+            receive_until("WATCHDOG=1")
             daemon.sweeps_done(1)
+            daemon.proc.send_signal(signal.SIGHUP)
+            reloading = receive_until("RELOADING=1")
+            assert "MONOTONIC_USEC=" in reloading
+            receive_until("READY=1")
             daemon.proc.send_signal(signal.SIGTERM)
-            assert sock.recv(4096).decode() == "STOPPING=1"
+            receive_until("STOPPING=1")
             assert daemon.proc.wait(20) == 0
     finally:
         sock.close()
+    assert messages[0].startswith("READY=1")
 
 
 def test_bad_config_exits_78_naming_the_key(tmp_path: Path, daemons: Any) -> None:
