@@ -318,39 +318,49 @@ class Poller:
     async def _run_sweep(
         self, work: Sequence[Work], state: _State, queue: asyncio.Queue[list[Record] | None]
     ) -> None:
-        assert self._inflight is not None and self._rate is not None
-        inflight, rate, stats = self._inflight, self._rate, state.stats
-        stream = _interleave([self._batches(t, src, stats) for t, src in work])
+        stream = _interleave([self._batches(t, src, state.stats) for t, src in work])
         try:
-            async with asyncio.TaskGroup() as tg:
-                async for item in stream:
-                    if isinstance(item, Rejected):
-                        await self._emit(queue, stats, [_rejected_record(item, stats.sweep)])
-                        continue
-                    reason = self._skip_reason(state)
-                    if reason is not None:
-                        await self._emit(queue, stats, self._skipped(item, reason, stats))
-                        continue
-                    await inflight.acquire()
-                    try:
-                        waited = await rate.acquire()
-                    except BaseException:
-                        inflight.release()
-                        raise
-                    if self.observer is not None:
-                        self.observer.rate_waited(waited)
-                    reason = self._skip_reason(state)
-                    if reason is not None:
-                        inflight.release()
-                        await self._emit(queue, stats, self._skipped(item, reason, stats))
-                        continue
-                    self._budget.on_first_attempt()
-                    stats.first_attempts += 1
-                    task = tg.create_task(self._run_batch(item, state, queue))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            await self._spawn_batches(stream, state, queue)
+        except BaseExceptionGroup as group:
+            raise _collapse(group) from None
         finally:
             await stream.aclose()
+
+    async def _spawn_batches(
+        self,
+        stream: AsyncGenerator[Batch | Rejected, None],
+        state: _State,
+        queue: asyncio.Queue[list[Record] | None],
+    ) -> None:
+        assert self._inflight is not None and self._rate is not None
+        inflight, rate, stats = self._inflight, self._rate, state.stats
+        async with asyncio.TaskGroup() as tg:
+            async for item in stream:
+                if isinstance(item, Rejected):
+                    await self._emit(queue, stats, [_rejected_record(item, stats.sweep)])
+                    continue
+                reason = self._skip_reason(state)
+                if reason is not None:
+                    await self._emit(queue, stats, self._skipped(item, reason, stats))
+                    continue
+                await inflight.acquire()
+                try:
+                    waited = await rate.acquire()
+                except BaseException:
+                    inflight.release()
+                    raise
+                if self.observer is not None:
+                    self.observer.rate_waited(waited)
+                reason = self._skip_reason(state)
+                if reason is not None:
+                    inflight.release()
+                    await self._emit(queue, stats, self._skipped(item, reason, stats))
+                    continue
+                self._budget.on_first_attempt()
+                stats.first_attempts += 1
+                task = tg.create_task(self._run_batch(item, state, queue))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def _skip_reason(self, state: _State) -> tuple[str, str] | None:
         stats = state.stats
@@ -536,6 +546,23 @@ async def _interleave(
     finally:
         for stream in active:
             await stream.aclose()
+
+
+def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error that explains a failed sweep, instead of a TaskGroup's exception group."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    if len(leaves) == 1:
+        return leaves[0]
+    return next((e for e in leaves if isinstance(e, PollerError)), group)
 
 
 def _rejected_record(item: Rejected, sweep: int) -> ErrorRecord:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from poller.config import LimitsConfig, PollerConfig, RetryConfig, SweepConfig
 from poller.errors import (
     AuthError,
+    ConfigError,
     MalformedResponse,
     PermissionDenied,
     PollerError,
@@ -20,6 +23,7 @@ from poller.errors import (
 from poller.pipeline import Poller
 from poller.records import Batch, Record, Target
 from poller.sinks import CallbackSink
+from poller.sources import UidFile
 from tests.conftest import FakeClock, InstantRateMeter, ScriptedFetcher
 
 T1 = Target("app", "g1")
@@ -267,3 +271,15 @@ async def test_a_poller_cannot_be_reopened() -> None:
     with pytest.raises(RuntimeError):
         async with poller:
             pass
+
+
+async def test_unreadable_uid_file_raises_a_plain_config_error(tmp_path: Path) -> None:
+    fetcher = ScriptedFetcher()
+    async with make_poller(fetcher) as poller:
+        with pytest.raises(ConfigError) as info:
+            await collect_from(poller, [(T1, ["u1", "u2"]), (T2, UidFile(tmp_path / "missing"))])
+    assert "missing" in str(info.value)
+
+
+async def collect_from(poller: Poller, work: list[Any]) -> list[Record]:
+    return [r async for rs in poller.sweep_batches(work) for r in rs]
