@@ -160,7 +160,15 @@ class Daemon:
         try:
             if self.config.metrics.listen:
                 health = HealthServer(self.config.metrics.listen, self._metrics, self._readiness)
-                await health.start()
+                try:
+                    await health.start()
+                except OSError as exc:
+                    health = None
+                    raise ConfigError(
+                        f"cannot listen on {self.config.metrics.listen}: {exc.strerror or exc}",
+                        source=self.config.source,
+                        key="metrics.listen",
+                    ) from exc
                 log_event(
                     log,
                     logging.INFO,
