@@ -25,6 +25,7 @@ from yarl import URL
 from .config import ApiConfig
 from .errors import (
     AttemptTimeout,
+    ConfigError,
     MalformedResponse,
     TransportError,
     error_for_response,
@@ -111,6 +112,14 @@ class LiveClient:
             if self._api.protocol == "https" and not self._api.verify_tls:
                 log.warning("TLS certificate verification is DISABLED (api.verify_tls = false)")
                 ssl_ctx = False
+            elif self._api.ca_file is not None:
+                ssl_ctx = ssl.create_default_context()
+                try:
+                    ssl_ctx.load_verify_locations(cafile=str(self._api.ca_file))
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConfigError(
+                        f"cannot load the CA bundle: {exc}", key="api.ca_file"
+                    ) from exc
             connector = aiohttp.TCPConnector(
                 limit=max(self._max_connections + 8, 16),
                 keepalive_timeout=30.0,

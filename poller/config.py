@@ -45,6 +45,8 @@ class ApiConfig:
     connect_timeout_s: float = 5.0
     user_agent: str | None = None
     verify_tls: bool = True
+    #: Extra CA bundle (PEM) to trust, e.g. a corporate proxy's; the system store is kept.
+    ca_file: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -247,6 +249,7 @@ def parse_config(
         connect_timeout_s=t.get("connect_timeout_s", float, 5.0),
         user_agent=t.opt_str("user_agent"),
         verify_tls=t.get("verify_tls", bool, True),
+        ca_file=_resolve(ca_text, base_dir) if (ca_text := t.opt_str("ca_file")) else None,
     )
     t.finish()
 

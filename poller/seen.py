@@ -3,8 +3,9 @@
 A Python ``set[str]`` costs about 90 bytes per short ID (the ``str`` object kept alive plus the
 hash-table slot), ~90 MB for a million IDs. :class:`SeenSet` keeps the UTF-8 bytes of every ID
 back to back in one ``bytearray`` and finds them through an open-addressing table of 32-bit
-indices and 64-bit hashes (two ``array`` s), 35 to 55 bytes per short ID depending on load. Membership is exact:
-a candidate is compared byte for byte, so a hash collision can never drop a distinct ID.
+indices and 64-bit hashes (two ``array`` s), 35 to 55 bytes per short ID depending on load.
+Membership is exact: a candidate is compared byte for byte, so a hash collision can never drop
+a distinct ID.
 """
 
 from __future__ import annotations

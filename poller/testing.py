@@ -16,6 +16,7 @@ import json
 import os
 import selectors
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -31,7 +32,11 @@ __all__ = ["EmulatorProcess"]
 
 
 class EmulatorProcess:
-    """The emulator in a subprocess; a context manager that always stops it."""
+    """The emulator in a subprocess; a context manager that always stops it.
+
+    For HTTPS pass ``"--tls-cert", CERT, "--tls-key", KEY`` and ``ca_file=`` the CA that
+    signed them: the inspection calls and :meth:`poller_config` then trust it.
+    """
 
     def __init__(
         self,
@@ -40,12 +45,14 @@ class EmulatorProcess:
         startup_timeout_s: float = 20.0,
         stderr_path: Path | None = None,
         env: dict[str, str] | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.args: Sequence[str] = args
         self._python = python
         self._timeout = startup_timeout_s
         self._stderr_path = stderr_path
         self._env = env
+        self._ca_file = ca_file
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr_file: Any = None
         self.url = ""
@@ -130,7 +137,10 @@ class EmulatorProcess:
             method=method,
             headers={"content-type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        context = None
+        if self._ca_file is not None:
+            context = ssl.create_default_context(cafile=str(self._ca_file))
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
             return json.loads(resp.read())
 
     def stats(self) -> dict[str, Any]:
@@ -158,8 +168,13 @@ class EmulatorProcess:
         self, key_id: str = "demo-key", secret: str = "demo-secret", **changes: Any
     ) -> PollerConfig:
         """A config pointing at this emulator over plain HTTP."""
+        https = self.url.startswith("https://")
         return PollerConfig(
-            api=ApiConfig(endpoint=self.endpoint, protocol="http"),
+            api=ApiConfig(
+                endpoint=self.endpoint,
+                protocol="https" if https else "http",
+                ca_file=self._ca_file,
+            ),
             credentials=CredentialsConfig(access_key_id=key_id, access_key_secret=secret),
             **changes,
         )

@@ -48,6 +48,9 @@ class EmulatorConfig:
     """Accepted distance between the request's date and the wall clock (either direction)."""
     nonce_capacity: int = 1_000_000
     """Upper bound of remembered nonces per key (expired ones are purged long before)."""
+    tls_cert: str | None = None
+    """PEM certificate chain: serve HTTPS (the real endpoint is HTTPS only)."""
+    tls_key: str | None = None
     wall_clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
     monotonic: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
@@ -74,6 +77,8 @@ class EmulatorConfig:
             raise ValueError("date window must be > 0 seconds")
         if self.nonce_capacity < 1:
             raise ValueError("nonce capacity must be >= 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
 
     @property
     def effective_fault_seed(self) -> int:
@@ -111,6 +116,8 @@ class EmulatorConfig:
                 "fault_seed": args.fault_seed,
                 "hang_s": args.hang_s,
                 "date_window_s": args.date_window_s,
+                "tls_cert": args.tls_cert,
+                "tls_key": args.tls_key,
             }
             fields.update(overrides)
             return cls(**fields)
@@ -159,5 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fault-seed", type=int, default=None, help="seed of the fault sequence (default: --seed)")
     add("--hang-s", type=float, default=30.0, help="how long a 'hang' fault holds the request")
     add("--date-window-s", type=float, default=900.0, help="accepted clock skew, seconds")
+    add("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate chain")
+    add("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
     add("--log-level", default="INFO", help="stderr log level (default: %(default)s)")
     return parser

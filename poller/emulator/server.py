@@ -30,6 +30,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import struct
 from typing import Any, Self
 from urllib.parse import unquote, unquote_to_bytes
@@ -359,10 +360,16 @@ class EmulatorServer:
         if self._used:
             raise RuntimeError("an EmulatorServer starts once; create a new one")
         self._used = True
+        ssl_context = None
+        if self.config.tls_cert is not None:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024)
+            site = web.TCPSite(
+                runner, self.config.host, self.config.port, backlog=1024, ssl_context=ssl_context
+            )
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -396,7 +403,8 @@ class EmulatorServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        scheme = "https" if self.config.tls_cert is not None else "http"
+        return f"{scheme}://{self.endpoint}"
 
     @property
     def state(self) -> EmulatorState:

@@ -160,3 +160,31 @@ def test_tls_is_verified_by_default_and_relaxing_it_warns(
         [(code, _)] = asyncio.run(_https_sweep(False, ca))
     assert code == "MissingInResponse"  # connected; the empty answer is then reported
     assert any("verification is DISABLED" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_https_emulator_with_a_private_ca(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_pem, key_pem, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(str(cert_pem), append=True)
+    cert.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    args = ("--tls-cert", str(cert_pem), "--tls-key", str(key_pem))
+    with EmulatorProcess(*args, ca_file=ca_pem) as emulator:
+        assert emulator.url.startswith("https://127.0.0.1:")
+        config = emulator.poller_config()
+
+        async def sweep() -> list[str]:
+            async with Poller(config) as poller:
+                return [
+                    r["type"]
+                    async for r in poller.sweep(
+                        Target("demo-app", "demo-group"), ["user-000001", "user-000002"]
+                    )
+                ]
+
+        assert asyncio.run(sweep()) == ["presence", "presence"]
+        assert emulator.stats()["total"]["requests_total"] == 1
