@@ -14,7 +14,6 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -36,10 +35,10 @@ from .signing import (
     DEFAULT_USER_AGENT,
     SignedRequest,
     SigningCredentials,
-    format_timestamp,
     new_nonce,
     sign_v1,
     sign_v3,
+    timestamp_at,
 )
 
 __all__ = ["BatchFetcher", "LiveClient", "OnlineUsersAnswer"]
@@ -150,7 +149,7 @@ class LiveClient:
         self._session = None
 
     def _sign(self, action: str, params: Mapping[str, str]) -> tuple[URL, SignedRequest]:
-        moment = format_timestamp(datetime.fromtimestamp(self._wall_clock(), UTC))
+        moment = timestamp_at(self._wall_clock())
         if self._api.signature == "v1":
             signed = sign_v1(
                 credentials=self._credentials,

@@ -28,25 +28,25 @@ def validate_answer(online_users: list[Any]) -> dict[str, tuple[bool, int]] | No
     """Map ``UserId -> (online, join_time)`` from the first entry of each ID.
 
     Returns ``None`` when any entry has the wrong shape or types (then the whole answer is
-    untrustworthy and the batch is retried as malformed).
+    untrustworthy and the batch is retried as malformed). A missing or null ``JoinTime`` is 0.
     """
     seen: dict[str, tuple[bool, int]] = {}
     for entry in online_users:
-        if not isinstance(entry, dict):
+        try:
+            uid = entry["UserId"]
+            online = entry["Online"]
+            join_time = entry.get("JoinTime", 0)
+        except (TypeError, KeyError, AttributeError):
             return None
-        uid = entry.get("UserId")
-        online = entry.get("Online")
-        join_time = entry.get("JoinTime", 0)
-        if join_time is None:
+        # Exact types (orjson builds exact ones): a bool is not a JoinTime, "true" not Online.
+        if type(uid) is not str or type(online) is not bool:
+            return None
+        if type(join_time) is not int:
+            if join_time is not None:
+                return None
             join_time = 0
-        if (
-            not isinstance(uid, str)
-            or not isinstance(online, bool)
-            or not isinstance(join_time, int)
-            or isinstance(join_time, bool)
-        ):
-            return None
-        seen.setdefault(uid, (online, join_time))
+        if uid not in seen:
+            seen[uid] = (online, join_time)
     return seen
 
 
@@ -70,44 +70,43 @@ def merge_answer(
             http_status=200,
             request_id=request_id,
         )
-    if counts is not None:
-        counts.duplicated += len(online_users) - len(by_uid)
-        asked = set(batch.uids)
-        counts.extra += sum(1 for uid in by_uid if uid not in asked)
     app_id, group_id = batch.target.app_id, batch.target.group_id
     out: list[Record] = []
+    missing = 0
     for uid in batch.uids:
         found = by_uid.get(uid)
         if found is None:
-            if counts is not None:
-                counts.missing += 1
-            out.append(
-                ErrorRecord(
-                    type="error",
-                    sweep=sweep,
-                    app_id=app_id,
-                    group_id=group_id,
-                    uid=uid,
-                    code="MissingInResponse",
-                    message="the answer did not include this user ID",
-                    polled_at=polled_at,
-                    request_id=request_id,
-                )
-            )
+            missing += 1
+            error: ErrorRecord = {
+                "type": "error",
+                "sweep": sweep,
+                "app_id": app_id,
+                "group_id": group_id,
+                "uid": uid,
+                "code": "MissingInResponse",
+                "message": "the answer did not include this user ID",
+                "polled_at": polled_at,
+                "request_id": request_id,
+            }
+            out.append(error)
         else:
-            out.append(
-                PresenceRecord(
-                    type="presence",
-                    sweep=sweep,
-                    app_id=app_id,
-                    group_id=group_id,
-                    uid=uid,
-                    online=found[0],
-                    join_time=found[1],
-                    polled_at=polled_at,
-                    request_id=request_id,
-                )
-            )
+            presence: PresenceRecord = {
+                "type": "presence",
+                "sweep": sweep,
+                "app_id": app_id,
+                "group_id": group_id,
+                "uid": uid,
+                "online": found[0],
+                "join_time": found[1],
+                "polled_at": polled_at,
+                "request_id": request_id,
+            }
+            out.append(presence)
+    if counts is not None:
+        counts.missing += missing
+        counts.duplicated += len(online_users) - len(by_uid)
+        # Batch UIDs are distinct, so the keys of by_uid are the matched ones plus the extras.
+        counts.extra += len(by_uid) - (len(batch.uids) - missing)
     return out
 
 

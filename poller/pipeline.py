@@ -388,8 +388,15 @@ class Poller:
     async def _emit(
         self, queue: asyncio.Queue[list[Record] | None], stats: SweepStats, records: list[Record]
     ) -> None:
+        counts = stats.records
+        presence = 0
         for record in records:
-            stats.records[record["code"] if record["type"] == "error" else record["type"]] += 1
+            if record["type"] == "presence":
+                presence += 1
+            else:
+                counts[record["code"] if record["type"] == "error" else record["type"]] += 1
+        if presence:
+            counts["presence"] += presence
         await queue.put(records)
 
     async def _batches(

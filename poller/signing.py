@@ -29,7 +29,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,6 +54,7 @@ __all__ = [
     "percent_encode",
     "sign_v1",
     "sign_v3",
+    "timestamp_at",
     "v1_canonicalized",
     "v1_signature",
     "v1_signature_for",
@@ -91,16 +94,27 @@ class SignedRequest:
     body: bytes = field(repr=False)
 
 
+# Values made only of unreserved characters and commas (the common case: ASCII user IDs joined
+# by ",") are encoded without the per-character work of urllib.
+_UNRESERVED_OR_COMMA = re.compile(r"[A-Za-z0-9_.~,-]*")
+
+
 def percent_encode(value: str) -> str:
     """RFC 3986 percent-encoding of UTF-8: keep ``A-Za-z0-9-_.~``, upper-case hex for the rest."""
+    if _UNRESERVED_OR_COMMA.fullmatch(value):
+        return value.replace(",", "%2C")
     return quote(value, safe="~")
+
+
+def _form_quote(value: str) -> str:
+    if _UNRESERVED_OR_COMMA.fullmatch(value):
+        return value.replace(",", "%2C")
+    return quote_plus(value, safe="")
 
 
 def form_encode(params: Mapping[str, str]) -> str:
     """The SDK's form body: keys sorted, ``quote_plus`` encoding (space becomes ``+``)."""
-    return "&".join(
-        f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}" for k, v in sorted(params.items())
-    )
+    return "&".join(f"{_form_quote(k)}={_form_quote(v)}" for k, v in sorted(params.items()))
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -110,6 +124,20 @@ def format_timestamp(moment: datetime) -> str:
         if offset:
             moment = moment - offset
     return moment.strftime(TIMESTAMP_FORMAT)
+
+
+_last_second: list[tuple[int, str]] = [(-1, "")]
+
+
+def timestamp_at(epoch_s: float) -> str:
+    """:func:`format_timestamp` of an epoch time; formats once per second (a hot path)."""
+    second = int(epoch_s)
+    cached = _last_second[0]
+    if cached[0] == second:
+        return cached[1]
+    text = time.strftime(TIMESTAMP_FORMAT, time.gmtime(second))
+    _last_second[0] = (second, text)
+    return text
 
 
 def new_nonce() -> str:

@@ -213,3 +213,13 @@ def test_v3_round_trip_through_form_decoding(uids: list[str]) -> None:
         hashed_payload=signed.headers["x-acs-content-sha256"],
     )
     assert sig == auth.signature
+
+
+@given(
+    st.text(alphabet=st.one_of(st.characters(exclude_categories=["Cs"]), st.sampled_from(",~-._ ")))
+)
+def test_fast_encoders_match_urllib(value: str) -> None:
+    from urllib.parse import quote, quote_plus
+
+    assert signing.percent_encode(value) == quote(value, safe="~")
+    assert signing.form_encode({"k": value}) == f"k={quote_plus(value, safe='')}"
