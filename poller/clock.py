@@ -18,12 +18,17 @@ class Clock(Protocol):
 
 
 class LoopClock:
-    """The running event loop's clock (``loop.time``), so patched loop time drives it in tests."""
+    """Real time: ``time.monotonic`` and ``asyncio.sleep``.
+
+    Not ``loop.time()``: uvloop's loop time is libuv's cached, millisecond-granular clock, so
+    two readings half a millisecond apart can be equal, and a rate meter would then sleep for
+    slots that are already due. Tests inject a fake :class:`Clock` instead.
+    """
 
     __slots__ = ()
 
     def monotonic(self) -> float:
-        return asyncio.get_running_loop().time()
+        return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))

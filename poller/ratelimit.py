@@ -116,29 +116,45 @@ class PacedRateLimiter:
         )
 
     async def acquire(self) -> float:
-        if self._lock is None:  # created inside the running loop, never at import time
-            self._lock = asyncio.Lock()
         clock = self._clock
         start = clock.monotonic()
-        async with self._lock:
+        lock = self._lock
+        if lock is None:  # created inside the running loop, never at import time
+            lock = self._lock = asyncio.Lock()
+        if not lock.locked():
+            # Fast path, no suspension: nobody is queued and the slot is already due.
+            self._recover(start)
+            due = max(start, self._next_due)
+            if start >= self._ready(due):
+                self._grant(start, due)
+                return 0.0
+        async with lock:
             now = clock.monotonic()
             self._recover(now)
             due = max(now, self._next_due)
             while True:
-                ready = max(due, self._paused_until)
-                if len(self._granted_at) == self._limit:
-                    ready = max(ready, self._granted_at[0] + self._window + self._margin)
+                ready = self._ready(due)
                 now = clock.monotonic()
                 if now >= ready:
                     break
                 # Round up to whole ms: early-firing timers then cost one re-check, not a spin.
                 await clock.sleep(math.ceil((ready - now) * 1000.0) / 1000.0)
-            self._granted_at.append(now)
-            self._next_due = max(due, self._paused_until) + 1.0 / self._rate
-            self._granted += 1
+            self._grant(now, due)
             waited = now - start
             self._wait_total += waited
             return waited
+
+    def _ready(self, due: float) -> float:
+        """When a slot due at ``due`` may be granted: after any pause and the window guard."""
+        ready = max(due, self._paused_until)
+        if len(self._granted_at) == self._limit:
+            ready = max(ready, self._granted_at[0] + self._window + self._margin)
+        return ready
+
+    def _grant(self, now: float, due: float) -> None:
+        self._granted_at.append(now)
+        self._next_due = max(due, self._paused_until) + 1.0 / self._rate
+        self._granted += 1
 
     def on_throttled(self, retry_after_s: float | None) -> None:
         now = self._clock.monotonic()
