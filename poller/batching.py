@@ -84,6 +84,7 @@ class Batcher:
         size: int = MAX_BATCH,
         dedupe: bool = True,
         max_uid_bytes: int = 128,
+        compact: bool = False,
     ) -> None:
         if not 1 <= size <= MAX_BATCH:
             raise ValueError(f"batch size must be 1..{MAX_BATCH}, got {size}")
@@ -93,7 +94,8 @@ class Batcher:
         self._size = size
         self._max_bytes = max_uid_bytes
         self._pending: list[str] = []
-        self._seen: set[str] | SeenSet = set()
+        # ``compact``: the input is known to be large, so start with the compact set at once.
+        self._seen: set[str] | SeenSet = SeenSet() if compact else set()
 
     def add(self, uid: str, where: str | None = None) -> Batch | Rejected | None:
         if self.dedupe:

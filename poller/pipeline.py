@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
 
-from .batching import Batcher, Rejected
+from .batching import COMPACT_AFTER, Batcher, Rejected
 from .client import BatchFetcher, LiveClient
 from .clock import Clock, LoopClock, epoch_ms
 from .config import PollerConfig
@@ -47,7 +47,7 @@ from .records import Batch, ErrorRecord, Record, Target
 from .retry import RetryBudget, RetryPolicy
 from .signing import SigningCredentials
 from .sinks import Sink
-from .sources import UidInput, iter_chunks
+from .sources import UidFile, UidInput, iter_chunks
 
 __all__ = ["Observer", "Poller", "SweepStats", "Work", "outcome_of"]
 
@@ -403,7 +403,12 @@ class Poller:
         self, target: Target, source: UidInput, stats: SweepStats
     ) -> AsyncGenerator[Batch | Rejected, None]:
         cfg = self.config.sweep
-        batcher = Batcher(target, dedupe=cfg.dedupe, max_uid_bytes=cfg.max_uid_bytes)
+        batcher = Batcher(
+            target,
+            dedupe=cfg.dedupe,
+            max_uid_bytes=cfg.max_uid_bytes,
+            compact=cfg.dedupe and _large(source),
+        )
         try:
             async for chunk in iter_chunks(source):
                 stats.uids_seen += len(chunk.uids)
@@ -553,6 +558,19 @@ async def _interleave(
     finally:
         for stream in active:
             await stream.aclose()
+
+
+def _large(source: UidInput) -> bool:
+    """Whether a source is known up front to hold more IDs than a plain set should."""
+    if isinstance(source, UidFile):
+        try:
+            # ~16 bytes a line for typical IDs: past COMPACT_AFTER lines, start compact.
+            return source.path.stat().st_size > 16 * COMPACT_AFTER
+        except OSError:
+            return False
+    if isinstance(source, list | tuple):
+        return len(source) > COMPACT_AFTER
+    return False
 
 
 def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:

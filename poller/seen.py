@@ -3,7 +3,7 @@
 A Python ``set[str]`` costs about 90 bytes per short ID (the ``str`` object kept alive plus the
 hash-table slot), ~90 MB for a million IDs. :class:`SeenSet` keeps the UTF-8 bytes of every ID
 back to back in one ``bytearray`` and finds them through an open-addressing table of 32-bit
-indices and 64-bit hashes (two ``array`` s), 35 to 55 bytes per short ID depending on load.
+indices and 32-bit hash tags (two ``array`` s), 30 to 45 bytes per short ID depending on load.
 Membership is exact: a candidate is compared byte for byte, so a hash collision can never drop
 a distinct ID.
 """
@@ -18,6 +18,7 @@ __all__ = ["SeenSet"]
 
 _EMPTY: Final = 0xFFFFFFFF
 _MAX_LOAD: Final = 0.7
+_TAG: Final = 0xFFFFFFFF  # the low 32 bits of the hash are kept; slots use bits 7 and up
 
 
 class SeenSet:
@@ -28,9 +29,10 @@ class SeenSet:
         while size < capacity:
             size *= 2
         self._arena = bytearray()
-        self._offsets = array("Q", [0])  # item i is arena[offsets[i]:offsets[i + 1]]
+        # Item i is arena[offsets[i]:offsets[i + 1]]; 32-bit offsets: up to 4 GiB of IDs.
+        self._offsets = array("I", [0])
         self._index = array("I", [_EMPTY]) * size
-        self._tags = array("q", [0]) * size  # the full hash, so growing never rehashes
+        self._tags = array("I", [0]) * size  # growing re-slots from these, never rehashes
         self._mask = size - 1
         self._count = 0
 
@@ -46,12 +48,12 @@ class SeenSet:
 
     def __contains__(self, item: str) -> bool:
         data = item.encode("utf-8", "surrogatepass")
-        return self._find(data, hash(data))[0]
+        return self._find(data, hash(data) & _TAG)[0]
 
     def add(self, item: str) -> bool:
         """Add ``item``; return ``True`` if it was not there before."""
         data = item.encode("utf-8", "surrogatepass")
-        h = hash(data)
+        h = hash(data) & _TAG
         found, slot = self._find(data, h)
         if found:
             return False
@@ -85,7 +87,7 @@ class SeenSet:
     def _grow(self) -> None:
         size = (self._mask + 1) * 2
         index = array("I", [_EMPTY]) * size
-        tags = array("q", [0]) * size
+        tags = array("I", [0]) * size
         mask = size - 1
         for i, h in zip(self._index, self._tags, strict=True):
             if i == _EMPTY:

@@ -53,3 +53,17 @@ def test_batcher_switches_to_the_compact_set_without_losing_track() -> None:
     assert sent == [f"u{i}" for i in range(n)]
     assert batcher.duplicates == len(range(0, n, 7))
     assert isinstance(batcher._seen, SeenSet)
+
+
+@settings(derandomize=True, max_examples=100, deadline=None)
+@given(st.lists(st.text(chars, max_size=6), max_size=300))
+def test_compact_batcher_batches_exactly_like_the_plain_one(items: list[str]) -> None:
+    from poller.batching import Batcher
+    from poller.records import Target
+
+    def run(compact: bool) -> list[object]:
+        batcher = Batcher(Target("a", "g"), compact=compact)
+        out: list[object] = [batcher.add(i) for i in items]
+        return [*out, batcher.flush(), batcher.duplicates]
+
+    assert run(True) == run(False)
