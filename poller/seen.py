@@ -18,11 +18,14 @@ __all__ = ["SeenSet"]
 
 _EMPTY: Final = 0xFFFFFFFF
 _MAX_LOAD: Final = 0.7
-_TAG: Final = 0xFFFFFFFF  # the low 32 bits of the hash are kept; slots use bits 7 and up
+_TAG: Final = 0xFFFFFFFF  # the low 32 bits of the hash are kept as a tag
+# Fibonacci hashing picks the slot from the tag's top bits after a multiply, so that inputs
+# arriving in hash order (iterating a set of str gives exactly that) do not pile up in one run.
+_FIB: Final = 0x9E3779B1
 
 
 class SeenSet:
-    __slots__ = ("_arena", "_count", "_index", "_mask", "_offsets", "_tags")
+    __slots__ = ("_arena", "_count", "_index", "_mask", "_offsets", "_shift", "_tags")
 
     def __init__(self, capacity: int = 1024) -> None:
         size = 1
@@ -34,6 +37,7 @@ class SeenSet:
         self._index = array("I", [_EMPTY]) * size
         self._tags = array("I", [0]) * size  # growing re-slots from these, never rehashes
         self._mask = size - 1
+        self._shift = 32 - (size.bit_length() - 1)
         self._count = 0
 
     @classmethod
@@ -75,7 +79,7 @@ class SeenSet:
             self._arena,
             self._mask,
         )
-        slot = (h >> 7) & mask
+        slot = ((h * _FIB) & _TAG) >> self._shift
         while True:
             i = index[slot]
             if i == _EMPTY:
@@ -89,12 +93,13 @@ class SeenSet:
         index = array("I", [_EMPTY]) * size
         tags = array("I", [0]) * size
         mask = size - 1
+        shift = 32 - (size.bit_length() - 1)
         for i, h in zip(self._index, self._tags, strict=True):
             if i == _EMPTY:
                 continue
-            slot = (h >> 7) & mask
+            slot = ((h * _FIB) & _TAG) >> shift
             while index[slot] != _EMPTY:
                 slot = (slot + 1) & mask
             index[slot] = i
             tags[slot] = h
-        self._index, self._tags, self._mask = index, tags, mask
+        self._index, self._tags, self._mask, self._shift = index, tags, mask, shift

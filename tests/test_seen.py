@@ -67,3 +67,17 @@ def test_compact_batcher_batches_exactly_like_the_plain_one(items: list[str]) ->
         return [*out, batcher.flush(), batcher.duplicates]
 
     assert run(True) == run(False)
+
+
+def test_ids_arriving_in_hash_order_do_not_cluster() -> None:
+    """Iterating a set of str yields hash order; that must not build long probe runs."""
+    items = {f"user-{i:06d}" for i in range(30_000)}
+    seen = SeenSet.from_iterable(items)
+    mask = seen._mask
+    displacement = []
+    for slot in range(mask + 1):
+        if seen._index[slot] != 0xFFFFFFFF:
+            home = ((seen._tags[slot] * 0x9E3779B1) & 0xFFFFFFFF) >> seen._shift
+            displacement.append((slot - home) & mask)
+    assert sum(displacement) / len(displacement) < 2.0
+    assert max(displacement) < 64
