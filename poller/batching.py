@@ -75,7 +75,16 @@ class Batcher:
     million-ID sweep stays well under 100 MB.
     """
 
-    __slots__ = ("_max_bytes", "_pending", "_seen", "_size", "dedupe", "duplicates", "target")
+    __slots__ = (
+        "_compact_after",
+        "_max_bytes",
+        "_pending",
+        "_seen",
+        "_size",
+        "dedupe",
+        "duplicates",
+        "target",
+    )
 
     def __init__(
         self,
@@ -84,7 +93,7 @@ class Batcher:
         size: int = MAX_BATCH,
         dedupe: bool = True,
         max_uid_bytes: int = 128,
-        compact: bool = False,
+        compact: bool | None = None,
     ) -> None:
         if not 1 <= size <= MAX_BATCH:
             raise ValueError(f"batch size must be 1..{MAX_BATCH}, got {size}")
@@ -94,8 +103,10 @@ class Batcher:
         self._size = size
         self._max_bytes = max_uid_bytes
         self._pending: list[str] = []
-        # ``compact``: the input is known to be large, so start with the compact set at once.
+        # compact=True: the input is known to be large, start compact; False: never compact
+        # (the caller holds the strings anyway, e.g. a list); None: switch after COMPACT_AFTER.
         self._seen: set[str] | SeenSet = SeenSet() if compact else set()
+        self._compact_after = COMPACT_AFTER if compact is None else None
 
     def add(self, uid: str, where: str | None = None) -> Batch | Rejected | None:
         if self.dedupe:
@@ -105,7 +116,7 @@ class Batcher:
                     self.duplicates += 1
                     return None
                 seen.add(uid)
-                if len(seen) >= COMPACT_AFTER:
+                if self._compact_after is not None and len(seen) >= self._compact_after:
                     self._seen = SeenSet.from_iterable(seen)
             elif not seen.add(uid):
                 self.duplicates += 1

@@ -66,7 +66,7 @@ class LimitsConfig:
     qps: float = 100.0
     max_in_flight: int = 64
     #: Requests are paced so that any ``qps`` consecutive ones span at least 1 s + this margin.
-    window_margin_ms: float = 15.0
+    window_margin_ms: float = 20.0
     #: Slow down on throttling (multiplicative decrease, gradual recovery).
     adaptive: bool = True
     #: ListMessageGroupUser pages per second for discovery targets (its own, separate budget).
@@ -265,7 +265,7 @@ def parse_config(
     limits = LimitsConfig(
         qps=t.get("qps", float, 100.0),
         max_in_flight=t.get("max_in_flight", int, 64),
-        window_margin_ms=t.get("window_margin_ms", float, 15.0),
+        window_margin_ms=t.get("window_margin_ms", float, 20.0),
         adaptive=t.get("adaptive", bool, True),
         discovery_qps=t.get("discovery_qps", float, 5.0),
     )

@@ -407,7 +407,7 @@ class Poller:
             target,
             dedupe=cfg.dedupe,
             max_uid_bytes=cfg.max_uid_bytes,
-            compact=cfg.dedupe and _large(source),
+            compact=_compact(source) if cfg.dedupe else False,
         )
         try:
             async for chunk in iter_chunks(source):
@@ -560,17 +560,17 @@ async def _interleave(
             await stream.aclose()
 
 
-def _large(source: UidInput) -> bool:
-    """Whether a source is known up front to hold more IDs than a plain set should."""
+def _compact(source: UidInput) -> bool | None:
+    """How to de-duplicate a source (see :class:`~poller.batching.Batcher`)."""
     if isinstance(source, UidFile):
         try:
             # ~16 bytes a line for typical IDs: past COMPACT_AFTER lines, start compact.
-            return source.path.stat().st_size > 16 * COMPACT_AFTER
+            return True if source.path.stat().st_size > 16 * COMPACT_AFTER else None
         except OSError:
-            return False
+            return None
     if isinstance(source, list | tuple):
-        return len(source) > COMPACT_AFTER
-    return False
+        return False  # the caller holds these strings anyway: a plain set adds the least
+    return None
 
 
 def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:

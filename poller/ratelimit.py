@@ -12,9 +12,11 @@ wake-up for good (about 91 % of the rate). This meter combines three rules:
    of ``window`` seconds ever holds more than ``limit`` grants, even after catch-up, and the
    margin absorbs jitter between our send time and the server's arrival time.
 3. **Adaptive rate.** A throttling answer pauses every acquirer until the server's
-   ``retry_after`` and (at most once per window) multiplies the rate by ``decrease``; the rate
-   then recovers linearly by ``recovery_per_s`` of the configured rate per second. Other
-   callers in the same account spend the same budget, so the meter must yield to them.
+   ``retry_after``. A throttle that follows another within ``isolated_s`` also multiplies the
+   rate by ``decrease`` (at most once per window); the rate then recovers linearly by
+   ``recovery_per_s`` of the configured rate per second. Other callers in the same account
+   spend the same budget, so the meter must yield to them; a lone throttle after a quiet
+   spell (arrival jitter at the server) only pauses.
 
 Sleeps are rounded up to whole milliseconds and re-checked, so an event loop whose timers fire
 slightly early (uvloop) costs one extra wake-up, not a spin. The meter sits behind the
@@ -62,13 +64,14 @@ class PacedRateLimiter:
         qps: float,
         *,
         window_s: float = 1.0,
-        margin_s: float = 0.015,
+        margin_s: float = 0.020,
         clock: Clock | None = None,
         adaptive: bool = True,
         decrease: float = 0.7,
         recovery_per_s: float = 0.02,
         min_fraction: float = 0.05,
         max_pause_s: float = 10.0,
+        isolated_s: float = 5.0,
     ) -> None:
         if qps <= 0:
             raise ValueError("qps must be > 0")
@@ -84,6 +87,8 @@ class PacedRateLimiter:
         self._decrease = decrease
         self._recovery = recovery_per_s * self._max_rate
         self._max_pause = max_pause_s
+        self._isolated_s = isolated_s
+        self._last_throttle = -math.inf
         self._granted_at: deque[float] = deque(maxlen=self._limit)
         self._next_due = -math.inf
         self._paused_until = -math.inf
@@ -161,6 +166,9 @@ class PacedRateLimiter:
         self._throttle_events += 1
         if retry_after_s is not None and retry_after_s > 0:
             self._paused_until = max(self._paused_until, now + min(retry_after_s, self._max_pause))
+        previous, self._last_throttle = self._last_throttle, now
+        if now - previous > self._isolated_s:
+            return  # one throttle after a quiet spell: a jitter blip; pausing is enough
         if self._adaptive and now >= self._cooldown_until:
             self._rate = max(self._min_rate, self._rate * self._decrease)
             self._decreases += 1

@@ -92,3 +92,17 @@ async def test_fractional_and_small_budgets() -> None:
     limiter = PacedRateLimiter(2.5, clock=clock)
     times = await grant_times(limiter, clock, 20)
     assert max_in_window(times) <= 2
+
+
+async def test_a_lone_throttle_only_pauses() -> None:
+    clock = FakeClock()
+    limiter = PacedRateLimiter(100, clock=clock)
+    await grant_times(limiter, clock, 5)
+    full_rate = limiter.rate
+    limiter.on_throttled(0.05)
+    assert limiter.rate == full_rate and limiter.stats().decreases == 0
+    clock.now += 10.0  # a quiet spell, then another lone one
+    limiter.on_throttled(None)
+    assert limiter.rate == full_rate
+    limiter.on_throttled(None)  # a second one soon after: the account really is contended
+    assert limiter.rate == full_rate * 0.7
