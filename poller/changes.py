@@ -45,38 +45,23 @@ class ChangeTracker:
                 states[uid] = (online, join_time, rec["sweep"])
                 if emit_all:
                     out.append(rec)
-                if prev is not None and (prev[0] != online or prev[1] != join_time):
+                # A flip or a re-join is a change; so is a UID new to a known target (added to
+                # its list, or a new member). On a target's very first sweep state is learned.
+                changed = prev is not None and (prev[0] != online or prev[1] != join_time)
+                if changed or (prev is None and not first and not emit_all):
                     self.changes += 1
-                    out.append(
-                        ChangeRecord(
-                            type="change",
-                            sweep=rec["sweep"],
-                            app_id=rec["app_id"],
-                            group_id=rec["group_id"],
-                            uid=uid,
-                            online=online,
-                            previous_online=prev[0],
-                            join_time=join_time,
-                            polled_at=rec["polled_at"],
-                        )
-                    )
-                elif prev is None and not first and not emit_all:
-                    # A UID new to a known target (added to its list, or a new member): its
-                    # first state is news too. On a target's very first sweep state is learned.
-                    self.changes += 1
-                    out.append(
-                        ChangeRecord(
-                            type="change",
-                            sweep=rec["sweep"],
-                            app_id=rec["app_id"],
-                            group_id=rec["group_id"],
-                            uid=uid,
-                            online=online,
-                            previous_online=None,
-                            join_time=join_time,
-                            polled_at=rec["polled_at"],
-                        )
-                    )
+                    change: ChangeRecord = {
+                        "type": "change",
+                        "sweep": rec["sweep"],
+                        "app_id": rec["app_id"],
+                        "group_id": rec["group_id"],
+                        "uid": uid,
+                        "online": online,
+                        "previous_online": None if prev is None else prev[0],
+                        "join_time": join_time,
+                        "polled_at": rec["polled_at"],
+                    }
+                    out.append(change)
             elif rec["type"] == "error":
                 target = Target(rec["app_id"], rec["group_id"])
                 states = self._state.get(target)

@@ -212,6 +212,19 @@ def _table(root: Mapping[str, Any], name: str, source: str | None) -> _Table:
     return _Table(value, f"{name}.", source)
 
 
+def _array_of_tables(data: Mapping[str, Any], name: str, source: str | None) -> list[_Table]:
+    """``[[name]]`` entries as tables whose keys read as ``name[i].key``."""
+    raw = data.get(name, [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"expected an array of tables [[{name}]]", source=source, key=name)
+    tables = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping):
+            raise ConfigError("expected a table", source=source, key=f"{name}[{i}]")
+        tables.append(_Table(entry, f"{name}[{i}].", source))
+    return tables
+
+
 def _resolve(path_text: str, base: Path | None) -> Path:
     path = Path(path_text).expanduser()
     if base is not None and not path.is_absolute():
@@ -309,13 +322,8 @@ def parse_config(
     t.finish()
 
     targets = []
-    raw_targets = data.get("targets", [])
-    if not isinstance(raw_targets, list):
-        raise ConfigError("expected an array of tables [[targets]]", source=source, key="targets")
-    for i, raw in enumerate(raw_targets):
-        if not isinstance(raw, Mapping):
-            raise ConfigError("expected a table", source=source, key=f"targets[{i}]")
-        t = _Table(raw, f"targets[{i}].", source)
+    for t in _array_of_tables(data, "targets", source):
+        raw = t.data
         app_id = t.get("app_id", str, "")
         group_id = t.get("group_id", str, "")
         if not app_id:
@@ -347,13 +355,7 @@ def parse_config(
         t.finish()
 
     sinks = []
-    raw_sinks = data.get("sinks", [])
-    if not isinstance(raw_sinks, list):
-        raise ConfigError("expected an array of tables [[sinks]]", source=source, key="sinks")
-    for i, raw in enumerate(raw_sinks):
-        if not isinstance(raw, Mapping):
-            raise ConfigError("expected a table", source=source, key=f"sinks[{i}]")
-        t = _Table(raw, f"sinks[{i}].", source)
+    for t in _array_of_tables(data, "sinks", source):
         kind = t.choice("kind", ("stdout", "file"), "stdout")
         path_text = t.opt_str("path")
         if kind == "file" and not path_text:
