@@ -59,6 +59,11 @@ def test_budget_holds_under_faults_retries_included() -> None:
     assert sum(stats["faults_injected"].values()) >= 10
     assert total["requests_total"] > 150  # first attempts and retries
     assert total["max_requests_in_any_1s_window"] <= 100, total
+    print(
+        f"\nR2: {len(records)} records, {total['requests_total']} requests, "
+        f"{sum(stats['faults_injected'].values())} faults injected, "
+        f"max window {total['max_requests_in_any_1s_window']}"
+    )
 
 
 def _get(url: str) -> tuple[int, dict[str, Any]]:
