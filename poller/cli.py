@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from .config import ApiConfig, PollerConfig, TargetConfig, load_config
 from .errors import AuthError, ConfigError, PollerError, SinkError
 from .pipeline import Poller, SweepStats, Work
 from .records import Target
-from .sinks import FileSink, Sink, StdoutSink
+from .sinks import FileSink, Sink, StdoutSink, sinks_from_config
 from .sources import Stdin, UidFile, UidInput
 
 __all__ = ["main"]
@@ -68,7 +69,7 @@ def _once_work(
     """The sweep's work; ``None`` as a source means "discover the members first"."""
     given: UidInput | None = None
     if args.uids is not None:
-        given = [u for u in args.uids.split(",")] if args.uids else [""]
+        given = args.uids.split(",")
     elif args.uids_file is not None:
         given = Stdin() if args.uids_file == "-" else UidFile(Path(args.uids_file))
     if args.target:
@@ -122,12 +123,7 @@ async def _resolve_work(
 def _once_sinks(args: argparse.Namespace, config: PollerConfig) -> list[Sink]:
     if args.output:
         return [FileSink(args.output)] if args.output != "-" else [StdoutSink()]
-    if config.sinks:
-        return [
-            FileSink(s.path, fsync=s.fsync) if s.kind == "file" and s.path else StdoutSink()
-            for s in config.sinks
-        ]
-    return [StdoutSink()]
+    return sinks_from_config(config.sinks)
 
 
 def _apply_overrides(args: argparse.Namespace, config: PollerConfig) -> PollerConfig:
@@ -138,9 +134,7 @@ def _apply_overrides(args: argparse.Namespace, config: PollerConfig) -> PollerCo
     if args.protocol:
         changes["protocol"] = args.protocol
     if changes:
-        from dataclasses import replace
-
-        config = config.with_changes(api=replace(api, **changes))
+        config = config.with_changes(api=dataclasses.replace(api, **changes))
     return config
 
 

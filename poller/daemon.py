@@ -37,7 +37,7 @@ from .pipeline import Poller, SweepStats, Work
 from .ratelimit import PacedRateLimiter
 from .records import Target
 from .sdnotify import notify, reloading_message, watchdog_interval_s
-from .sinks import FileSink, Sink, StdoutSink
+from .sinks import Sink, sinks_from_config
 from .sources import UidFile, UidInput
 
 __all__ = ["Daemon"]
@@ -57,15 +57,6 @@ class _Totals:
     throttled: int = 0
     changes: int = 0
     failed_batches: int = 0
-
-
-def build_sinks(config: PollerConfig) -> list[Sink]:
-    if not config.sinks:
-        return [StdoutSink()]
-    return [
-        FileSink(s.path, fsync=s.fsync) if s.kind == "file" and s.path else StdoutSink()
-        for s in config.sinks
-    ]
 
 
 def _check_targets(config: PollerConfig) -> None:
@@ -155,7 +146,7 @@ class Daemon:
         self._install_signals()
         health: HealthServer | None = None
         watchdog: asyncio.Task[None] | None = None
-        self._sinks = build_sinks(self.config)
+        self._sinks = sinks_from_config(self.config.sinks)
         tracker = ChangeTracker(self.config.daemon.emit)
         try:
             if self.config.metrics.listen:
@@ -304,7 +295,7 @@ class Daemon:
         if new.sinks != old.sinks:
             for sink in self._sinks:
                 await sink.aclose()  # everything written so far is flushed, nothing dropped
-            self._sinks = build_sinks(new)
+            self._sinks = sinks_from_config(new.sinks)
         if new.daemon.emit != old.daemon.emit:
             tracker.emit = new.daemon.emit
         if (new.api, new.credentials, new.limits, new.retry, new.sweep) != (

@@ -21,10 +21,11 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import orjson
 
+from .config import SinkConfig
 from .errors import SinkError
 from .records import Record
 
-__all__ = ["CallbackSink", "FileSink", "Sink", "StdoutSink", "encode_records"]
+__all__ = ["CallbackSink", "FileSink", "Sink", "StdoutSink", "encode_records", "sinks_from_config"]
 
 _OPTS = orjson.OPT_APPEND_NEWLINE
 
@@ -200,3 +201,13 @@ class CallbackSink:
 
     async def aclose(self) -> None:
         return None
+
+
+def sinks_from_config(configs: Sequence[SinkConfig]) -> list[Sink]:
+    """The ``[[sinks]]`` of a config; standard output when there are none."""
+    if not configs:
+        return [StdoutSink()]
+    return [
+        FileSink(c.path, fsync=c.fsync) if c.kind == "file" and c.path else StdoutSink()
+        for c in configs
+    ]
