@@ -41,16 +41,13 @@ import json
 import math
 import os
 import platform
-import selectors
 import shutil
 import signal
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -58,6 +55,8 @@ from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from poller.testing import EmulatorProcess
 
 __all__ = ["Plan", "main"]
 
@@ -213,7 +212,7 @@ class CoreMeter:
         return busy
 
 
-class Emulator:
+class Emulator(EmulatorProcess):
     """``python -m poller.emulator`` in a child process, pinned to a core where possible."""
 
     def __init__(
@@ -224,114 +223,38 @@ class Emulator:
         core: int | None,
         module: str,
         tls: tuple[Path, Path] | None = None,
+        ca_file: Path | None = None,
         startup_timeout_s: float = 30.0,
     ) -> None:
-        cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--log-level", "WARNING", "--group", GROUP, *flags]
+        args = ["--host", "127.0.0.1", "--log-level", "WARNING", "--group", GROUP, *flags]
         if tls is not None:
-            cmd += [TLS_FLAGS[0], str(tls[0]), TLS_FLAGS[1], str(tls[1])]
-        if core is not None and shutil.which("taskset"):
-            cmd = ["taskset", "-c", str(core), *cmd]
-        self.cmd = cmd
+            args += [TLS_FLAGS[0], str(tls[0]), TLS_FLAGS[1], str(tls[1])]
+        pin = ("taskset", "-c", str(core)) if core is not None and shutil.which("taskset") else ()
+        super().__init__(
+            *args,
+            startup_timeout_s=startup_timeout_s,
+            stderr_path=workdir / "emulator.stderr",
+            ca_file=ca_file,
+            command_prefix=pin,
+            module=module,
+        )
         self.flags = list(flags)
-        self._workdir = workdir
-        self._timeout = startup_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        #: The CA that signed the emulator's certificate (for inspection over HTTPS).
-        self.ca_file: Path | None = None
 
-    @property
-    def protocol(self) -> str:
-        return self.url.split("://", 1)[0]
-
-    @property
-    def endpoint(self) -> str:
-        return self.url.split("://", 1)[1].rstrip("/")
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
-
-    def __enter__(self) -> Emulator:
-        stderr = (self._workdir / "emulator.stderr").open("ab")
-        try:
-            self._proc = subprocess.Popen(
-                self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO
-            )
-        finally:
-            stderr.close()
-        _CHILDREN.add(self._proc)
-        try:
-            self.url = self._read_url()
-        except BaseException:
-            self.stop()
-            raise
+    def start(self) -> Emulator:
+        super().start()
+        if self.process is not None:
+            _CHILDREN.add(self.process)  # killed by the harness's exit handler, whatever happens
         return self
 
-    def _read_url(self) -> str:
-        assert self._proc is not None and self._proc.stdout is not None
-        deadline = time.monotonic() + self._timeout
-        line = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._proc.stdout, selectors.EVENT_READ)
-            while not line.endswith(b"\n"):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sel.select(remaining):
-                    raise RuntimeError("the emulator did not print its URL in time")
-                chunk = os.read(self._proc.stdout.fileno(), 4096)
-                if not chunk:
-                    tail = (self._workdir / "emulator.stderr").read_text(errors="replace")[-800:]
-                    raise RuntimeError(f"the emulator exited early: {tail}")
-                line += chunk
-        url = line.decode().splitlines()[0].strip()
-        if "://" not in url:
-            raise RuntimeError(f"unexpected first line from the emulator: {url!r}")
-        return url
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        _CHILDREN.discard(proc)
-
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
-        # Inspection shares the API's port, so with TLS it is HTTPS too (the benchmark CA).
-        context = None
-        if self.protocol == "https":
-            context = ssl.create_default_context(cafile=self.ca_file)
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            f"{self.url}{path}",
-            data=data,
-            method=method,
-            headers={"content-type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
-            return json.loads(resp.read())
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", "/_emulator/stats")
-        return result
-
-    def reset(self) -> None:
-        self._request("POST", "/_emulator/reset", {"nonces": True})
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        proc = self.process
+        code = super().stop(timeout_s)
+        if proc is not None:
+            _CHILDREN.discard(proc)
+        return code
 
     def cpu_s(self) -> float:
-        return proc_cpu_s(self.pid) if self._proc is not None else 0.0
+        return proc_cpu_s(self.pid) if self.process is not None else 0.0
 
 
 def emulator_supports_tls(module: str) -> bool:
@@ -394,11 +317,14 @@ class Harness:
         return path
 
     def emulator(self, *flags: str, tls: tuple[Path, Path] | None = None) -> Emulator:
-        emu = Emulator(
-            flags, workdir=self.workdir, core=self.emulator_core, module=self.module, tls=tls
+        return Emulator(
+            flags,
+            workdir=self.workdir,
+            core=self.emulator_core,
+            module=self.module,
+            tls=tls,
+            ca_file=self.ca_file if tls is not None else None,
         )
-        emu.ca_file = self.ca_file if tls is not None else None
-        return emu
 
     def run(
         self,
@@ -426,7 +352,7 @@ class Harness:
             # ``ca``); the variables cover any default context a library makes on its own.
             env["SSL_CERT_FILE"] = str(self.ca_file)
             env["REQUESTS_CA_BUNDLE"] = str(self.ca_file)
-        emu.reset()
+        emu.reset(nonces=True)
         time.sleep(0.2)
         emu_cpu0 = emu.cpu_s()
         started = time.monotonic()

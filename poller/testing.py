@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from .config import ApiConfig, CredentialsConfig, PollerConfig
 
@@ -46,13 +46,19 @@ class EmulatorProcess:
         stderr_path: Path | None = None,
         env: dict[str, str] | None = None,
         ca_file: Path | None = None,
+        command_prefix: Sequence[str] = (),
+        module: str = "poller.emulator",
     ) -> None:
         self.args: Sequence[str] = args
+        #: The CA that signed the emulator's certificate (HTTPS inspection and poller_config).
+        self.ca_file = ca_file
+        #: Prepended to the command line, e.g. ``("taskset", "-c", "1")`` to pin a core.
+        self.command_prefix = tuple(command_prefix)
+        self.module = module
         self._python = python
         self._timeout = startup_timeout_s
         self._stderr_path = stderr_path
         self._env = env
-        self._ca_file = ca_file
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr_file: Any = None
         self.url = ""
@@ -60,6 +66,15 @@ class EmulatorProcess:
     @property
     def endpoint(self) -> str:
         return self.url.removeprefix("http://").removeprefix("https://")
+
+    @property
+    def protocol(self) -> Literal["https", "http"]:
+        return "https" if self.url.startswith("https://") else "http"
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The running child, if any."""
+        return self._proc
 
     @property
     def pid(self) -> int:
@@ -73,7 +88,7 @@ class EmulatorProcess:
             stderr = self._stderr_file
         env = dict(os.environ if self._env is None else self._env)
         self._proc = subprocess.Popen(
-            [self._python, "-m", "poller.emulator", "--port", "0", *self.args],
+            [*self.command_prefix, self._python, "-m", self.module, "--port", "0", *self.args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
@@ -91,7 +106,11 @@ class EmulatorProcess:
                     raise RuntimeError("the emulator did not print its URL in time")
                 chunk = os.read(self._proc.stdout.fileno(), 4096)
                 if not chunk:
-                    raise RuntimeError(f"the emulator exited early (status {self._proc.wait()})")
+                    status = self._proc.wait()
+                    tail = ""
+                    if self._stderr_path is not None:
+                        tail = ": " + self._stderr_path.read_text(errors="replace")[-800:]
+                    raise RuntimeError(f"the emulator exited early (status {status}){tail}")
                 line += chunk
         except BaseException:
             self.stop()
@@ -138,8 +157,8 @@ class EmulatorProcess:
             headers={"content-type": "application/json"},
         )
         context = None
-        if self._ca_file is not None:
-            context = ssl.create_default_context(cafile=str(self._ca_file))
+        if self.ca_file is not None:
+            context = ssl.create_default_context(cafile=str(self.ca_file))
         with urllib.request.urlopen(req, timeout=10, context=context) as resp:
             return json.loads(resp.read())
 
@@ -147,8 +166,8 @@ class EmulatorProcess:
         result: dict[str, Any] = self._request("GET", "/_emulator/stats")
         return result
 
-    def reset(self) -> None:
-        self._request("POST", "/_emulator/reset", {})
+    def reset(self, *, nonces: bool = False) -> None:
+        self._request("POST", "/_emulator/reset", {"nonces": True} if nonces else {})
 
     def set_faults(self, faults: str, seed: int | None = None) -> None:
         body: dict[str, Any] = {"faults": faults}
@@ -168,12 +187,11 @@ class EmulatorProcess:
         self, key_id: str = "demo-key", secret: str = "demo-secret", **changes: Any
     ) -> PollerConfig:
         """A config pointing at this emulator over plain HTTP."""
-        https = self.url.startswith("https://")
         return PollerConfig(
             api=ApiConfig(
                 endpoint=self.endpoint,
-                protocol="https" if https else "http",
-                ca_file=self._ca_file,
+                protocol=self.protocol,
+                ca_file=self.ca_file,
             ),
             credentials=CredentialsConfig(access_key_id=key_id, access_key_secret=secret),
             **changes,
