@@ -141,6 +141,11 @@ class ApiError(PollerError):
         self.http_status = http_status
         self.request_id = request_id
         self.retry_after_s = retry_after_s
+        self.retriable = self._retriable_for(http_status)
+
+    @classmethod
+    def _retriable_for(cls, http_status: int) -> bool:
+        return cls.retriable
 
     def __str__(self) -> str:
         return f"{self.code} (HTTP {self.http_status}): {self.message}"
@@ -179,23 +184,9 @@ class InvalidRequestError(ApiError):
 class UnknownApiError(ApiError):
     """A code we do not know: retried only when the server says the fault is its own (5xx)."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str,
-        http_status: int,
-        request_id: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(
-            message,
-            code=code,
-            http_status=http_status,
-            request_id=request_id,
-            retry_after_s=retry_after_s,
-        )
-        self.retriable = http_status >= 500
+    @classmethod
+    def _retriable_for(cls, http_status: int) -> bool:
+        return http_status >= 500
 
 
 _EXACT: Final[dict[str, type[ApiError]]] = {
