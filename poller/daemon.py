@@ -95,6 +95,7 @@ class Daemon:
         self._auth_failures = 0
         self._exit_code = EX_OK
         self._sinks: list[Sink] = []
+        self._discovery_meter: tuple[float, PacedRateLimiter] | None = None
 
     @staticmethod
     def _ready_max_age(config: PollerConfig) -> float:
@@ -355,7 +356,11 @@ class Daemon:
         client = poller.client
         if client is None:
             return
-        meter = PacedRateLimiter(self.config.limits.discovery_qps, clock=self._clock)
+        qps = self.config.limits.discovery_qps
+        if self._discovery_meter is None or self._discovery_meter[0] != qps:
+            # One meter for the daemon's life (a new one only when a reload changes the rate).
+            self._discovery_meter = (qps, PacedRateLimiter(qps, clock=self._clock))
+        meter = self._discovery_meter[1]
 
         async def one(t: TargetConfig) -> None:
             try:

@@ -174,10 +174,7 @@ class HealthServer:
             await self._runner.cleanup()
             self._runner = None
             raise
-        server = site._server  # the bound socket tells the real port when 0 was asked for
-        sockets = getattr(server, "sockets", None)
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self.port = int(self._runner.addresses[0][1])  # the real port when 0 was asked for
         self._ticker = asyncio.create_task(self._tick(), name="poller-loop-lag")
 
     async def close(self) -> None:
