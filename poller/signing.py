@@ -160,8 +160,11 @@ def v3_canonical_headers(
     """``name:value\\n`` for each signed header, names sorted; repeated headers joined by ``,``."""
     lines = []
     for name in sorted(signed_header_names):
-        values = sorted(v.strip() for v in get_values(name))
-        lines.append(f"{name}:{','.join(values)}\n")
+        values = get_values(name)
+        if len(values) == 1:  # the usual case: nothing to sort or join
+            lines.append(f"{name}:{values[0].strip()}\n")
+        else:
+            lines.append(f"{name}:{','.join(sorted(v.strip() for v in values))}\n")
     return "".join(lines)
 
 
