@@ -8,7 +8,6 @@ that shrinks on reload does not leak memory.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Literal
 
 from .records import ChangeRecord, Record, Target
@@ -24,9 +23,6 @@ class ChangeTracker:
         self._state: dict[Target, dict[str, tuple[bool, int, int]]] = {}
         self._first_sweep: dict[Target, int] = {}
         self.changes = 0
-
-    def known(self, target: Target) -> bool:
-        return target in self._state
 
     def process(self, records: list[Record]) -> list[Record]:
         """Records to write for one batch of sweep records (in order)."""
@@ -86,6 +82,3 @@ class ChangeTracker:
                 del states[uid]
             online[target] = sum(1 for on, _, _ in states.values() if on)
         return online
-
-    def counts(self) -> Counter[Target]:
-        return Counter({t: len(s) for t, s in self._state.items()})

@@ -152,10 +152,6 @@ class Poller:
             raise RuntimeError("Poller used outside 'async with'")
         return self._rate
 
-    @property
-    def retry_budget(self) -> RetryBudget:
-        return self._budget
-
     # -- public sweeps --------------------------------------------------------------------
 
     async def sweep(
