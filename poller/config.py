@@ -47,6 +47,8 @@ class ApiConfig:
     verify_tls: bool = True
     #: Extra CA bundle (PEM) to trust, e.g. a corporate proxy's; the system store is kept.
     ca_file: Path | None = None
+    #: What carries the requests: poller's lean HTTP/1.1 client, or an aiohttp session.
+    transport: Literal["builtin", "aiohttp"] = "builtin"
 
     @property
     def base_url(self) -> str:
@@ -263,6 +265,7 @@ def parse_config(
         user_agent=t.opt_str("user_agent"),
         verify_tls=t.get("verify_tls", bool, True),
         ca_file=_resolve(ca_text, base_dir) if (ca_text := t.opt_str("ca_file")) else None,
+        transport=t.choice("transport", ("builtin", "aiohttp"), "builtin"),  # type: ignore[arg-type]
     )
     t.finish()
 
