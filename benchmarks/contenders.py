@@ -10,8 +10,9 @@ Contenders (all send ``BatchGetOnlineUsers`` with 20 user IDs per request, V3-si
 
 ``poller``
     the library: ``Poller(config).sweep_batches(...)`` under ``uvloop.run``; ``--qps`` and
-    ``--concurrency`` become ``[limits] qps`` / ``max_in_flight``; ``--stream`` reads the file
-    through :class:`poller.sources.UidFile` instead of a list loaded beforehand.
+    ``--concurrency`` become ``[limits] qps`` / ``max_in_flight``, ``--transport`` becomes
+    ``[api] transport``; ``--stream`` reads the file through :class:`poller.sources.UidFile`
+    instead of a list loaded beforehand.
 ``sdk-async``
     the official SDK (``alibabacloud_live20161101``), ``batch_get_online_users_async`` driven by
     one asyncio task per request under a semaphore of ``--concurrency``.
@@ -241,6 +242,7 @@ async def run_poller(args: argparse.Namespace, uids: list[str] | None, tally: Ta
             protocol=args.protocol,
             timeout_s=30.0,
             ca_file=Path(args.ca_file) if args.ca_file else None,
+            transport=args.transport,
         ),
         limits=LimitsConfig(qps=args.qps, max_in_flight=args.concurrency),
         sweep=SweepConfig(dedupe=args.dedupe, deadline_s=args.duration or 0.0),
@@ -500,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="paced",
         help="poller: its PacedRateLimiter, or none at all (diagnostic)",
     )
+    parser.add_argument(
+        "--transport",
+        choices=("builtin", "aiohttp"),
+        default="builtin",
+        help="poller: [api] transport",
+    )
     parser.add_argument("--limiter", choices=LIMITERS, default="none", help="lean loop only")
     parser.add_argument("--no-dedupe", dest="dedupe", action="store_false", help="poller only")
     parser.add_argument("--stream", action="store_true", help="poller: stream the file (UidFile)")
@@ -535,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         variant = f"qps={args.qps:g},dedupe={'on' if args.dedupe else 'off'}"
         variant += ",stream" if args.stream else ""
         variant += ",no-rate-meter" if args.rate_meter == "none" else ""
+        variant += f",transport={args.transport}"
 
     rss_before = _rss_now_mib()
     user0, sys0, _ = _rusage()

@@ -83,12 +83,18 @@ EFFICIENCY_CONTENDERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("sdk-sync", "sdk-sync", ("--threads", str(SDK_THREADS))),
     ("lean", "lean", ("--concurrency", str(CONCURRENCY))),
 )
-#: Diagnostic: the same poller without its rate meter (what pacing costs at a high qps).
+#: Diagnostics: the same poller without its rate meter (what pacing costs at a high qps), and
+#: with ``[api] transport = "aiohttp"`` (what the builtin HTTP client saves).
 DIAGNOSTIC_CONTENDERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "poller, no rate meter (diagnostic)",
         "poller",
         ("--rate-meter", "none", "--concurrency", str(CONCURRENCY)),
+    ),
+    (
+        "poller, aiohttp transport (diagnostic)",
+        "poller",
+        ("--qps", "100000", "--transport", "aiohttp", "--concurrency", str(CONCURRENCY)),
     ),
 )
 
@@ -1090,7 +1096,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-diagnostics",
         action="store_true",
-        help="leave out the diagnostic contender (poller without its rate meter)",
+        help="leave out the diagnostic contenders (poller without its rate meter, on aiohttp)",
     )
     parser.add_argument(
         "--scenarios",

@@ -127,7 +127,7 @@ def test_listeners_bind_loopback_by_default() -> None:
     assert ApiConfig().verify_tls is True and ApiConfig().protocol == "https"
 
 
-async def _https_sweep(verify: bool, ca: trustme.CA) -> list[tuple[str, str]]:
+async def _https_sweep(verify: bool, ca: trustme.CA, transport: str) -> list[tuple[str, str]]:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"RequestId": "r", "Result": {"OnlineUsers": []}})
 
@@ -139,7 +139,12 @@ async def _https_sweep(verify: bool, ca: trustme.CA) -> list[tuple[str, str]]:
     await server.start_server(ssl=server_ctx)
     try:
         config = PollerConfig(
-            api=ApiConfig(endpoint=f"127.0.0.1:{server.port}", verify_tls=verify, timeout_s=2)
+            api=ApiConfig(
+                endpoint=f"127.0.0.1:{server.port}",
+                verify_tls=verify,
+                timeout_s=2,
+                transport=transport,  # type: ignore[arg-type]
+            )
         )
         async with Poller(config, credentials=SigningCredentials("id", SECRET)) as poller:
             return [
@@ -150,14 +155,15 @@ async def _https_sweep(verify: bool, ca: trustme.CA) -> list[tuple[str, str]]:
         await server.close()
 
 
+@pytest.mark.parametrize("transport", ["builtin", "aiohttp"])
 def test_tls_is_verified_by_default_and_relaxing_it_warns(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, transport: str
 ) -> None:
     ca = trustme.CA()  # not trusted by the client: verification must fail
-    [(code, message)] = asyncio.run(_https_sweep(True, ca))
+    [(code, message)] = asyncio.run(_https_sweep(True, ca, transport))
     assert code == "ConnectionError" and "CERTIFICATE_VERIFY_FAILED" in message
     with caplog.at_level(logging.WARNING):
-        [(code, _)] = asyncio.run(_https_sweep(False, ca))
+        [(code, _)] = asyncio.run(_https_sweep(False, ca, transport))
     assert code == "MissingInResponse"  # connected; the empty answer is then reported
     assert any("verification is DISABLED" in r.getMessage() for r in caplog.records)
 

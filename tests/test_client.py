@@ -1,0 +1,182 @@
+"""LiveClient against the in-process emulator, over both transports (builtin and aiohttp)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+import pytest
+
+from poller.client import LiveClient, _split_endpoint
+from poller.config import ApiConfig, parse_config
+from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpec
+from poller.emulator.accounts import AccessKey
+from poller.errors import (
+    AttemptTimeout,
+    AuthError,
+    ConfigError,
+    MalformedResponse,
+    ServerError,
+    ThrottledError,
+    TransportError,
+)
+from poller.records import Batch, Target
+from poller.signing import SigningCredentials
+
+Transport = Literal["builtin", "aiohttp"]
+TRANSPORTS: tuple[Transport, ...] = ("builtin", "aiohttp")
+TARGET = Target("demo-app", "demo-group")
+
+
+def _creds(secret: str = "demo-secret") -> SigningCredentials:
+    return SigningCredentials("demo-key", secret)
+
+
+def _api(server: EmulatorServer, transport: Transport) -> ApiConfig:
+    return ApiConfig(endpoint=server.endpoint, protocol="http", timeout_s=2.0, transport=transport)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[EmulatorServer]:
+    config = EmulatorConfig(port=0, qps=0, groups=(GroupSpec("demo-app", "demo-group", 40),))
+    async with EmulatorServer(config) as server:
+        yield server
+
+
+def _batch(uids: list[str]) -> Batch:
+    return Batch(TARGET, tuple(uids))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("signature", ["v3", "v1"])
+async def test_answers_match_the_group_and_connections_are_kept_alive(
+    emulator: EmulatorServer, transport: Transport, signature: str
+) -> None:
+    truth = {m["user_id"]: m["online"] for m in emulator.state.snapshot("demo-app", "demo-group")}
+    uids = [*sorted(truth)[:18], "not-a-member", "用户 a+b&c=d%"]
+    api = replace(_api(emulator, transport), signature=signature)  # type: ignore[arg-type]
+    async with LiveClient(api, _creds()) as client:
+        assert client.transport_name == transport
+        answers = [await client.fetch(_batch(uids)) for _ in range(5)]
+        opened = client.connections_opened
+    for answer in answers:
+        got = {u["UserId"]: u["Online"] for u in answer.online_users}
+        assert answer.request_id
+        assert {u: got[u] for u in truth if u in got} == {u: truth[u] for u in uids if u in truth}
+        assert not got.get("not-a-member", False)
+    assert emulator.stats()["total"]["requests_total"] == 5
+    if transport == "builtin":
+        assert opened == 1  # five sequential calls, one keep-alive connection
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_sts_credentials_are_accepted(transport: Transport) -> None:
+    key = AccessKey("sts-id", "sts-secret", security_token="tok/en+=")
+    config = EmulatorConfig(port=0, qps=0, keys=(key,))
+    async with EmulatorServer(config) as server:
+        creds = SigningCredentials("sts-id", "sts-secret", "tok/en+=")
+        async with LiveClient(_api(server, transport), creds) as client:
+            answer = await client.fetch(_batch(["user-000001"]))
+    assert [u["UserId"] for u in answer.online_users] == ["user-000001"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("fault", "error", "code"),
+    [
+        ("500", ServerError, "InternalError"),
+        ("503", ServerError, "ServiceUnavailable"),
+        ("throttle", ThrottledError, None),
+        ("hang", AttemptTimeout, "Timeout"),
+        ("reset_before", TransportError, None),
+        ("reset_after", TransportError, None),
+    ],
+)
+async def test_every_fault_becomes_its_error_and_the_next_call_succeeds(
+    transport: Transport, fault: str, error: type[Exception], code: str | None
+) -> None:
+    config = EmulatorConfig(
+        port=0, qps=0, faults=FaultRates(((fault, 1.0),)), hang_s=5.0, fault_seed=1
+    )
+    async with EmulatorServer(config) as server:
+        api = replace(_api(server, transport), timeout_s=0.3)
+        async with LiveClient(api, _creds()) as client:
+            for _ in range(2):  # a failed exchange never poisons the next one
+                with pytest.raises(error) as caught:
+                    await client.fetch(_batch(["user-000001"]))
+                if code is not None:
+                    assert getattr(caught.value, "code", None) == code
+            assert client.attempts == 2
+    if fault == "throttle":
+        assert isinstance(caught.value, ThrottledError) and caught.value.retry_after_s
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_malformed_answers_and_a_wrong_secret(
+    emulator: EmulatorServer, transport: Transport
+) -> None:
+    async with LiveClient(_api(emulator, transport), _creds("wrong")) as client:
+        with pytest.raises(AuthError) as caught:
+            await client.fetch(_batch(["user-000001"]))
+    assert "wrong" not in str(caught.value) and "demo-secret" not in str(caught.value)
+    config = EmulatorConfig(port=0, qps=0, faults=FaultRates((("malformed", 1.0),)), fault_seed=3)
+    async with (
+        EmulatorServer(config) as server,
+        LiveClient(_api(server, transport), _creds()) as client,
+    ):
+        for _ in range(4):
+            with pytest.raises(MalformedResponse):
+                await client.fetch(_batch(["user-000001"]))
+
+
+async def test_a_connection_refused_is_a_transport_error() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for transport in TRANSPORTS:
+        api = ApiConfig(endpoint=f"127.0.0.1:{port}", protocol="http", transport=transport)
+        async with LiveClient(api, _creds()) as client:
+            with pytest.raises(TransportError, match=r"refused|Cannot connect|Connect call"):
+                await client.fetch(_batch(["u"]))
+
+
+async def test_a_caller_session_selects_aiohttp_and_stays_open(emulator: EmulatorServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = LiveClient(_api(emulator, "builtin"), _creds(), session=session)
+        async with client:
+            assert client.transport_name == "aiohttp" and client.connections_opened is None
+            await client.fetch(_batch(["user-000001"]))
+        assert not session.closed
+
+
+async def test_a_bad_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
+    api = ApiConfig(endpoint="127.0.0.1:1", ca_file=tmp_path / "missing.pem")
+    for transport in TRANSPORTS:
+        with pytest.raises(ConfigError) as caught:
+            async with LiveClient(replace(api, transport=transport), _creds()):
+                pass
+        assert caught.value.key == "api.ca_file"
+
+
+def test_endpoints_split_into_host_and_port() -> None:
+    assert _split_endpoint("live.aliyuncs.com", 443) == ("live.aliyuncs.com", 443)
+    assert _split_endpoint("127.0.0.1:8780", 80) == ("127.0.0.1", 8780)
+    assert _split_endpoint("[::1]:8780", 80) == ("::1", 8780)
+    assert _split_endpoint("[::1]", 443) == ("::1", 443)
+    for bad in ("host:http", "host:0", "host:70000"):
+        with pytest.raises(ConfigError) as caught:
+            _split_endpoint(bad, 443)
+        assert caught.value.key == "api.endpoint"
+
+
+def test_the_transport_is_a_config_choice() -> None:
+    assert parse_config({}).api.transport == "builtin"
+    assert parse_config({"api": {"transport": "aiohttp"}}).api.transport == "aiohttp"
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"api": {"transport": "curl"}}, source="p.toml")
+    assert caught.value.key == "api.transport" and "p.toml" in str(caught.value)
