@@ -48,6 +48,9 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILERS, _UNTIL_CLOSE, _IDLE = range(7)
+_HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
+#: Headers the pool frames itself; a caller may not set them.
+_FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
 
 
 class HttpError(Exception):
@@ -77,15 +80,29 @@ class HttpResponse:
 def encode_request(
     method: str, target: str, host: str, headers: Mapping[str, str], body: bytes
 ) -> bytes:
-    """One HTTP/1.1 request as bytes: the given headers in order, ``Host`` first if absent,
-    then ``Content-Length``. Raises ``ValueError`` on a line break in any header (injection)."""
+    """One HTTP/1.1 request as bytes: the given headers in order, ``Host`` first if absent (in
+    any letter case), then ``Content-Length``.
+
+    Raises ``ValueError`` on what would corrupt the request: a line break in a header, a space
+    or control character in the method or target, or a framing header set by the caller.
+    """
+    if not method.isalpha() or not method.isascii():
+        raise ValueError(f"bad HTTP method {method[:20]!r}")
+    if not target.startswith("/") or not target.isprintable() or " " in target:
+        raise ValueError("the request target must start with '/' and hold no space or control")
     lines = [f"{method} {target} HTTP/1.1\r\n"]
-    if "host" not in headers and "Host" not in headers:
-        lines.append(f"Host: {host}\r\n")
+    has_host = False
     for name, value in headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise ValueError(f"HTTP header {name!r} contains a line break")
+        lowered = name.lower()
+        if lowered == "host":
+            has_host = True
+        elif lowered in _FRAMING_HEADERS:
+            raise ValueError(f"HTTP header {name!r} is set by the pool, not the caller")
         lines.append(f"{name}: {value}\r\n")
+    if not has_host:
+        lines.insert(1, f"Host: {host}\r\n")
     lines.append(f"Content-Length: {len(body)}\r\n\r\n")
     return "".join(lines).encode("utf-8") + body
 
@@ -104,6 +121,8 @@ def _decode_body(encoding: str, body: bytes) -> bytes:
                 continue
             if len(out) > MAX_BODY_BYTES:
                 raise BadResponse(f"decoded body over {MAX_BODY_BYTES} bytes")
+            if not decoder.eof:
+                raise BadResponse(f"{encoding} body is truncated")
             return out
         raise BadResponse(f"body is not valid {encoding}")
     raise BadResponse(f"unsupported Content-Encoding {encoding!r}")
@@ -126,6 +145,7 @@ class _Connection(asyncio.Protocol):
         self._remaining = 0
         self._chunks: list[bytes] = []
         self._chunked_size = 0
+        self._no_body = False  # answering a HEAD request
 
     # -- asyncio.Protocol
 
@@ -173,10 +193,11 @@ class _Connection(asyncio.Protocol):
         t = self.transport
         return self.reusable and t is not None and not t.is_closing()
 
-    def send(self, data: bytes) -> asyncio.Future[HttpResponse]:
+    def send(self, data: bytes, *, no_body: bool = False) -> asyncio.Future[HttpResponse]:
         assert self.transport is not None
         waiter = self._pool.loop.create_future()
         self._waiter = waiter
+        self._no_body = no_body
         self._state = _HEAD
         self._buf.clear()
         self.transport.write(data)
@@ -220,9 +241,9 @@ class _Connection(asyncio.Protocol):
         while True:
             state = self._state
             if state == _HEAD:
-                end = buf.find(b"\r\n\r\n")
+                end = buf.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
                 if end < 0:
-                    if len(buf) > MAX_HEAD_BYTES:
+                    if len(buf) >= MAX_HEAD_BYTES + 4:
                         raise BadResponse(f"response head over {MAX_HEAD_BYTES} bytes")
                     return
                 head = bytes(buf[:end])
@@ -241,14 +262,11 @@ class _Connection(asyncio.Protocol):
                     if len(buf) > 1024:
                         raise BadResponse("chunk size line too long")
                     return
-                line = bytes(buf[:end]).split(b";", 1)[0].strip()
+                line = bytes(buf[:end]).split(b";", 1)[0].strip(b" \t")
                 del buf[: end + 2]
-                try:
-                    size = int(line, 16)
-                except ValueError:
-                    raise BadResponse(f"bad chunk size {line[:20]!r}") from None
-                if size < 0 or line.startswith((b"-", b"+", b"0x", b"0X")):
+                if not line or len(line) > 16 or not _HEX_DIGITS.issuperset(line):
                     raise BadResponse(f"bad chunk size {line[:20]!r}")
+                size = int(line, 16)
                 if size == 0:
                     self._state = _TRAILERS
                 else:
@@ -295,7 +313,7 @@ class _Connection(asyncio.Protocol):
         if (
             version not in ("HTTP/1.1", "HTTP/1.0")
             or len(code) != 3
-            or not code.isdigit()
+            or not (code.isascii() and code.isdigit())
             or rest[3:4] not in ("", " ")
         ):
             raise BadResponse(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
@@ -328,9 +346,11 @@ class _Connection(asyncio.Protocol):
             self.reusable = False
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
-        if status == 204 or status == 304:
+        if self._no_body or status == 204 or status == 304:
             self._finish(b"")
         elif te is not None:
+            if cl is not None:
+                self.reusable = False  # both framings: a smuggling risk, never reuse (RFC 9112)
             if te.rsplit(",", 1)[-1].strip().lower() == "chunked":
                 self._chunks = []
                 self._chunked_size = 0
@@ -339,7 +359,7 @@ class _Connection(asyncio.Protocol):
                 self.reusable = False
                 self._state = _UNTIL_CLOSE
         elif cl is not None:
-            if not cl.isdigit():
+            if not (cl.isascii() and cl.isdigit()) or len(cl) > 18:
                 raise BadResponse(f"bad Content-Length {cl[:20]!r}")
             n = int(cl)
             if n > MAX_BODY_BYTES:
@@ -416,13 +436,12 @@ class HttpPool:
             if conn is None:
                 conn = await self._connect()
             try:
-                response = await conn.send(data)
+                response = await conn.send(data, no_body=method == "HEAD")
             except BaseException:
                 conn.abort()
                 raise
             if conn.usable and not self._closed:
-                conn.idle_since = time.monotonic()
-                self._idle.append(conn)
+                self._put_idle(conn)
             else:
                 conn.close()
             return response
@@ -442,6 +461,16 @@ class HttpPool:
                     conn.abort()
             if late:
                 await asyncio.wait(late, timeout=1.0)
+
+    def _put_idle(self, conn: _Connection) -> None:
+        now = time.monotonic()
+        conn.idle_since = now
+        idle = self._idle
+        # Most recently used last (taken first); the oldest, at the bottom, expire here even
+        # while the ones on top keep being reused.
+        while idle and now - idle[0].idle_since > self._idle_timeout_s:
+            idle.pop(0).close()
+        idle.append(conn)
 
     def _take_idle(self) -> _Connection | None:
         idle = self._idle
@@ -466,10 +495,13 @@ class HttpPool:
             pass
 
     async def _connect(self) -> _Connection:
+        deadline = asyncio.timeout(self._connect_timeout_s)
         try:
-            async with asyncio.timeout(self._connect_timeout_s):
+            async with deadline:
                 return await self._open_connection()
         except TimeoutError:
+            if not deadline.expired():
+                raise  # the operating system's own connect timeout (ETIMEDOUT), an OSError
             raise ConnectTimeout(
                 f"no connection to {self._host_header} within {self._connect_timeout_s:g} s"
             ) from None
