@@ -1,6 +1,7 @@
 """Soak: the daemon against a churning, faulty emulator for a long time (default 10 minutes).
 
-Reports the daemon's RSS after its first sweep and at the end, the emulator's answers by code,
+Reports the daemon's RSS and open file descriptors (sockets included) after its first sweep, at
+their peak and at the end, the emulator's answers by code,
 the daemon's own counters, and whether the budget held (``max_requests_in_any_1s_window``).
 Not part of CI::
 
@@ -34,6 +35,10 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -105,12 +110,15 @@ def main() -> int:
                             break
                         time.sleep(0.2)
                     start_rss = rss_mb(daemon.pid)
+                    start_fds = peak_fds = open_fds(daemon.pid)
                     started = time.monotonic()
                     peak = start_rss
                     while time.monotonic() - started < args.duration:
                         time.sleep(5)
                         peak = max(peak, rss_mb(daemon.pid))
+                        peak_fds = max(peak_fds, open_fds(daemon.pid))
                     end_rss = rss_mb(daemon.pid)
+                    end_fds = open_fds(daemon.pid)
                     metrics = scrape(url) if url else {}
                     daemon.send_signal(signal.SIGTERM)
                     code = daemon.wait(60)
@@ -134,6 +142,7 @@ def main() -> int:
             "peak": round(peak, 1),
             "growth": round(end_rss - start_rss, 1),
         },
+        "open_fds": {"after_first_sweep": start_fds, "end": end_fds, "peak": peak_fds},
         "emulator": {
             "requests_total": total["requests_total"],
             "responses_by_code": total["responses_by_code"],
