@@ -71,6 +71,11 @@ class Metrics:
         self.throttled = Counter(
             "poller_throttled", "Answers that said the account was throttled.", registry=r
         )
+        self.connections = Counter(
+            "poller_http_connections_opened",
+            "Connections (TCP, with TLS where used) the builtin HTTP transport opened.",
+            registry=r,
+        )
         self.retries = Counter(
             "poller_retries", "Retried attempts by reason.", ["reason"], registry=r
         )
@@ -108,6 +113,7 @@ class Metrics:
         for target, count in online.items():
             self.online.labels(target.app_id, target.group_id).set(count)
         self.changes.inc(changes)
+        self.connections.inc(stats.connections_opened)
         self.last_sweep.set(time.time())
 
     def render(self) -> bytes:

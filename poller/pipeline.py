@@ -178,6 +178,7 @@ class Poller:
         deadline_s = self.config.sweep.deadline_s
         state = _State(stats, stats.started_at + deadline_s if deadline_s > 0 else None)
         self.current = stats
+        opened_before = self._connections_opened()
         queue: asyncio.Queue[list[Record] | None] = asyncio.Queue(self.config.sweep.queue_size)
 
         async def produce() -> None:
@@ -201,9 +202,15 @@ class Poller:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             stats.finished_at = self._clock.monotonic()
+            stats.connections_opened = self._connections_opened() - opened_before
             self.last = stats
         if stats.fatal is not None:
             raise stats.fatal
+
+    def _connections_opened(self) -> int:
+        fetcher = self._fetcher
+        opened = fetcher.connections_opened if isinstance(fetcher, LiveClient) else None
+        return opened or 0
 
     async def run_once(self, work: Sequence[Work], sinks: Iterable[Sink]) -> SweepStats:
         """One sweep written to ``sinks`` (flushed at the end). Returns its counters."""

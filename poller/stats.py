@@ -39,6 +39,8 @@ class SweepStats:
     batches_ok: int = 0
     batches_failed: int = 0
     duplicates_in_input: int = 0
+    #: New connections the builtin HTTP transport opened during the sweep (0 otherwise).
+    connections_opened: int = 0
     merge: MergeCounts = field(default_factory=MergeCounts)
     fatal: PollerError | None = None
     stopped: bool = False
@@ -63,6 +65,7 @@ class SweepStats:
             "batches_ok": self.batches_ok,
             "batches_failed": self.batches_failed,
             "duplicates_in_input": self.duplicates_in_input,
+            "connections_opened": self.connections_opened,
             "extra_in_response": self.merge.extra,
             "duplicated_in_response": self.merge.duplicated,
             "missing_in_response": self.merge.missing,

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from poller.client import LiveClient, _split_endpoint
-from poller.config import ApiConfig, parse_config
+from poller.config import ApiConfig, LimitsConfig, PollerConfig, parse_config
 from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpec
 from poller.emulator.accounts import AccessKey
 from poller.errors import (
@@ -23,6 +23,7 @@ from poller.errors import (
     ThrottledError,
     TransportError,
 )
+from poller.pipeline import Poller
 from poller.records import Batch, Target
 from poller.signing import SigningCredentials
 
@@ -180,3 +181,26 @@ def test_the_transport_is_a_config_choice() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"api": {"transport": "curl"}}, source="p.toml")
     assert caught.value.key == "api.transport" and "p.toml" in str(caught.value)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_sweeps_report_the_connections_they_opened(
+    emulator: EmulatorServer, transport: Transport
+) -> None:
+    config = PollerConfig(
+        api=_api(emulator, transport), limits=LimitsConfig(qps=1000, max_in_flight=4)
+    )
+    uids = [f"user-{i:06d}" for i in range(1, 201)]  # 10 requests
+    opened: list[int] = []
+    async with Poller(config, credentials=_creds()) as poller:
+        for _ in range(2):
+            records = [r async for r in poller.sweep(TARGET, uids)]
+            assert len(records) == 200
+            assert poller.last is not None
+            opened.append(poller.last.connections_opened)
+            assert poller.last.summary()["connections_opened"] == opened[-1]
+    if transport == "builtin":
+        assert 1 <= opened[0] <= 4 + 8
+        assert opened[1] == 0  # the second sweep reused the kept-alive connections
+    else:
+        assert opened == [0, 0]  # not counted for aiohttp

@@ -277,6 +277,10 @@ def test_small_target_is_not_starved_and_metrics_agree_with_records(
         r["online"] for r in records if r["group_id"] == "small"
     )
     assert not any("uid=" in name for name in values)  # never a user ID as a label
+    # Keep-alive: 1,010 requests over at most max_in_flight + 8 connections, as the log says.
+    [sweep_log] = [e for e in logs if e["event"] == "sweep"]
+    assert 1 <= values["poller_http_connections_opened_total"] <= 32 + 8
+    assert values["poller_http_connections_opened_total"] == sweep_log["connections_opened"]
 
 
 def test_discovery_polls_exactly_the_members_including_new_ones(
