@@ -38,7 +38,7 @@ from .errors import (
     TransportError,
     error_for_response,
 )
-from .http import HttpError, HttpPool
+from .http import ConnectTimeout, HttpError, HttpPool
 from .records import Batch
 from .signing import (
     API_VERSION,
@@ -165,7 +165,10 @@ class _AiohttpTransport:
         self, target: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, Mapping[str, str], bytes]:
         url = URL(self._base + target, encoded=True)
-        async with self.session.post(url, data=body, headers=headers) as resp:
+        # No redirects: following one would re-send the signed request with the same nonce.
+        async with self.session.post(
+            url, data=body, headers=headers, allow_redirects=False
+        ) as resp:
             return resp.status, resp.headers, await resp.read()
 
     async def aclose(self) -> None:
@@ -184,10 +187,9 @@ def _split_endpoint(endpoint: str, default_port: int) -> tuple[str, int]:
         host, port_text = endpoint, ""
     if not port_text:
         return host, default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"bad port in endpoint {endpoint!r}", key="api.endpoint") from None
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
+        raise ConfigError(f"bad port in endpoint {endpoint!r}", key="api.endpoint")
+    port = int(port_text)
     if not 0 < port < 65536:
         raise ConfigError(f"bad port in endpoint {endpoint!r}", key="api.endpoint")
     return host, port
@@ -292,6 +294,12 @@ class LiveClient:
         try:
             async with asyncio.timeout(self._api.timeout_s):
                 status, headers, body = await transport.post(target, signed.headers, signed.body)
+        except (ConnectTimeout, aiohttp.ConnectionTimeoutError) as exc:
+            # Before TimeoutError: aiohttp's connect timeout is one too. Same code either way.
+            raise AttemptTimeout(
+                f"no connection to {self._host} within {self._api.connect_timeout_s:g} s",
+                code="Timeout",
+            ) from exc
         except TimeoutError as exc:
             raise AttemptTimeout(
                 f"no complete answer within {self._api.timeout_s:g} s", code="Timeout"
@@ -316,7 +324,8 @@ class LiveClient:
             err = MalformedResponse(
                 f"HTTP {status}: {kind}", http_status=status, request_id=header_request_id
             )
-            err.retriable = status == 200 or status >= 500
+            # 408: the server gave up on the connection (possibly as we wrote to it).
+            err.retriable = status == 200 or status == 408 or status >= 500
             raise err
         request_id = data.get("RequestId") or header_request_id or ""
         if not isinstance(request_id, str):

@@ -11,6 +11,10 @@ header multidicts, payload objects) costs more CPU than everything else poller d
   decoded; the request never asks for them);
 * connections are reused while the server keeps them alive (most recently used first), are
   dropped after ``idle_timeout_s`` unused, and are never shared by two requests at once;
+* new connections race the endpoint's addresses (RFC 8305 "happy eyeballs", by
+  ``aiohappyeyeballs``), and the addresses are cached for ``dns_ttl_s``: one lookup at a time,
+  shared by every connection waiting for it, and the last known addresses are kept if a later
+  lookup fails;
 * a connection whose exchange failed, timed out, was cancelled or ended in anything unexpected is
   closed, never reused; a request is never re-sent by this module (the caller re-signs, since a
   signed request carries a single-use nonce).
@@ -26,11 +30,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import string
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Any, Final, cast
+
+import aiohappyeyeballs
 
 __all__ = [
     "BadResponse",
@@ -51,6 +58,14 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILERS, _UNTIL_CLOSE, _IDLE = range
 _HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
 #: Headers the pool frames itself; a caller may not set them.
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
+#: RFC 9110 token characters, the only ones a header name may have.
+_TOKEN_CHARS: Final = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+#: Header names already checked (the same few names go out with every request).
+_checked_names: set[str] = set()
+#: Delay before racing the next address of the endpoint (RFC 8305 recommends 250 ms).
+HAPPY_EYEBALLS_DELAY_S: Final = 0.25
+
+AddrInfo = tuple[Any, Any, int, str, tuple[Any, ...]]
 
 
 class HttpError(Exception):
@@ -83,8 +98,9 @@ def encode_request(
     """One HTTP/1.1 request as bytes: the given headers in order, ``Host`` first if absent (in
     any letter case), then ``Content-Length``.
 
-    Raises ``ValueError`` on what would corrupt the request: a line break in a header, a space
-    or control character in the method or target, or a framing header set by the caller.
+    Raises ``ValueError`` on what would corrupt the request: a header name that is not an
+    RFC 9110 token, a line break or NUL in a header value, a space or control character in the
+    method or target, or a framing header set by the caller.
     """
     if not method.isalpha() or not method.isascii():
         raise ValueError(f"bad HTTP method {method[:20]!r}")
@@ -93,8 +109,10 @@ def encode_request(
     lines = [f"{method} {target} HTTP/1.1\r\n"]
     has_host = False
     for name, value in headers.items():
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-            raise ValueError(f"HTTP header {name!r} contains a line break")
+        if name not in _checked_names:
+            _check_header_name(name)
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ValueError(f"HTTP header {name!r} has a line break or NUL in its value")
         lowered = name.lower()
         if lowered == "host":
             has_host = True
@@ -105,6 +123,13 @@ def encode_request(
         lines.insert(1, f"Host: {host}\r\n")
     lines.append(f"Content-Length: {len(body)}\r\n\r\n")
     return "".join(lines).encode("utf-8") + body
+
+
+def _check_header_name(name: str) -> None:
+    if not name or not _TOKEN_CHARS.issuperset(name):
+        raise ValueError(f"bad HTTP header name {name[:40]!r}")
+    if len(_checked_names) < 1024:
+        _checked_names.add(name)
 
 
 def _decode_body(encoding: str, body: bytes) -> bytes:
@@ -143,8 +168,8 @@ class _Connection(asyncio.Protocol):
         self._status = 0
         self._headers: dict[str, str] = {}
         self._remaining = 0
-        self._chunks: list[bytes] = []
-        self._chunked_size = 0
+        self._chunked = bytearray()
+        self._scanned = 0  # how far the search for a line end got, so it never rescans
         self._no_body = False  # answering a HEAD request
 
     # -- asyncio.Protocol
@@ -199,6 +224,7 @@ class _Connection(asyncio.Protocol):
         self._waiter = waiter
         self._no_body = no_body
         self._state = _HEAD
+        self._scanned = 0
         self._buf.clear()
         self.transport.write(data)
         return waiter
@@ -226,7 +252,7 @@ class _Connection(asyncio.Protocol):
     def _finish(self, body: bytes) -> None:
         self._state = _IDLE
         encoding = self._headers.get("content-encoding")
-        if encoding is not None:
+        if encoding is not None and body:
             try:
                 body = _decode_body(encoding, body)
             except BadResponse as exc:
@@ -241,13 +267,15 @@ class _Connection(asyncio.Protocol):
         while True:
             state = self._state
             if state == _HEAD:
-                end = buf.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
+                end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3), MAX_HEAD_BYTES + 4)
                 if end < 0:
                     if len(buf) >= MAX_HEAD_BYTES + 4:
                         raise BadResponse(f"response head over {MAX_HEAD_BYTES} bytes")
+                    self._scanned = len(buf)
                     return
                 head = bytes(buf[:end])
                 del buf[: end + 4]
+                self._scanned = 0
                 self._parse_head(head)
             elif state == _LENGTH:
                 n = self._remaining
@@ -270,8 +298,7 @@ class _Connection(asyncio.Protocol):
                 if size == 0:
                     self._state = _TRAILERS
                 else:
-                    self._chunked_size += size
-                    if self._chunked_size > MAX_BODY_BYTES:
+                    if len(self._chunked) + size > MAX_BODY_BYTES:
                         raise BadResponse(f"body over {MAX_BODY_BYTES} bytes")
                     self._remaining = size
                     self._state = _CHUNK_DATA
@@ -281,19 +308,21 @@ class _Connection(asyncio.Protocol):
                     return
                 if buf[n : n + 2] != b"\r\n":
                     raise BadResponse("chunk not followed by CRLF")
-                self._chunks.append(bytes(buf[:n]))
+                self._chunked += buf[:n]
                 del buf[: n + 2]
                 self._state = _CHUNK_SIZE
             elif state == _TRAILERS:
-                end = buf.find(b"\r\n")
+                end = buf.find(b"\r\n", max(0, self._scanned - 1))
                 if end < 0:
                     if len(buf) > MAX_HEAD_BYTES:
                         raise BadResponse(f"trailers over {MAX_HEAD_BYTES} bytes")
+                    self._scanned = len(buf)
                     return
                 del buf[: end + 2]
+                self._scanned = 0
                 if end == 0:
-                    body = b"".join(self._chunks)
-                    self._chunks = []
+                    body = bytes(self._chunked)
+                    self._chunked = bytearray()
                     self._finish(body)
             elif state == _UNTIL_CLOSE:
                 if len(buf) > MAX_BODY_BYTES:
@@ -352,8 +381,7 @@ class _Connection(asyncio.Protocol):
             if cl is not None:
                 self.reusable = False  # both framings: a smuggling risk, never reuse (RFC 9112)
             if te.rsplit(",", 1)[-1].strip().lower() == "chunked":
-                self._chunks = []
-                self._chunked_size = 0
+                self._chunked = bytearray()
                 self._state = _CHUNK_SIZE
             else:
                 self.reusable = False
@@ -389,6 +417,7 @@ class HttpPool:
         max_connections: int = 64,
         connect_timeout_s: float | None = None,
         idle_timeout_s: float = 15.0,
+        dns_ttl_s: float = 300.0,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -400,6 +429,10 @@ class HttpPool:
             self._host_header = f"[{host}]" if port in (80, 443) else f"[{host}]:{port}"
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
+        self._dns_ttl_s = dns_ttl_s
+        self._addresses: Sequence[AddrInfo] = ()
+        self._resolved_at = 0.0
+        self._lookup: asyncio.Task[Sequence[AddrInfo]] | None = None
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
@@ -449,6 +482,10 @@ class HttpPool:
     async def aclose(self) -> None:
         """Close every connection and wait (briefly) until they are gone."""
         self._closed = True
+        lookup, self._lookup = self._lookup, None
+        if lookup is not None and not lookup.done():
+            lookup.cancel()
+            await asyncio.wait([lookup], timeout=1.0)
         conns = list(self._open)
         self._idle.clear()
         for conn in conns:
@@ -506,33 +543,50 @@ class HttpPool:
                 f"no connection to {self._host_header} within {self._connect_timeout_s:g} s"
             ) from None
 
-    async def _open_connection(self) -> _Connection:
-        loop = self.loop
-        infos = await loop.getaddrinfo(
+    async def _resolve(self) -> Sequence[AddrInfo]:
+        """The endpoint's addresses, from the cache while it is fresh; a failed lookup falls
+        back to the last known addresses (a resolver outage does not stop polling)."""
+        if self._addresses and time.monotonic() - self._resolved_at < self._dns_ttl_s:
+            return self._addresses
+        lookup = self._lookup
+        if lookup is None:
+            lookup = self._lookup = self.loop.create_task(self._lookup_addresses())
+            lookup.add_done_callback(self._lookup_done)
+        try:
+            # Shielded: one waiter's timeout must not cancel the lookup the others share.
+            return await asyncio.shield(lookup)
+        except OSError:
+            if self._addresses:
+                return self._addresses
+            raise
+
+    async def _lookup_addresses(self) -> Sequence[AddrInfo]:
+        infos = await self.loop.getaddrinfo(
             self.host, self.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
         if not infos:
             raise OSError(f"no address for {self.host!r}")
-        sock: socket.socket | None = None
-        error: OSError | None = None
-        for family, type_, proto, _, address in infos:
-            candidate = socket.socket(family, type_, proto)
-            try:
-                candidate.setblocking(False)
-                candidate.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await loop.sock_connect(candidate, address)
-            except OSError as exc:
-                candidate.close()
-                error = exc
-                continue
-            except BaseException:
-                candidate.close()
-                raise
-            sock = candidate
-            break
-        if sock is None:
-            assert error is not None
-            raise error
+        self._addresses = infos
+        self._resolved_at = time.monotonic()
+        return infos
+
+    def _lookup_done(self, task: asyncio.Task[Sequence[AddrInfo]]) -> None:
+        if self._lookup is task:
+            self._lookup = None
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an unawaited failure is never logged
+
+    async def _open_connection(self) -> _Connection:
+        loop = self.loop
+        addresses = await self._resolve()
+        sock = await aiohappyeyeballs.start_connection(
+            addresses, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S, interleave=1, loop=loop
+        )
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
         # From here on the loop owns the socket (it closes it if the TLS handshake fails).
         _, conn = await loop.create_connection(
             lambda: _Connection(self),

@@ -169,7 +169,7 @@ def test_endpoints_split_into_host_and_port() -> None:
     assert _split_endpoint("127.0.0.1:8780", 80) == ("127.0.0.1", 8780)
     assert _split_endpoint("[::1]:8780", 80) == ("::1", 8780)
     assert _split_endpoint("[::1]", 443) == ("::1", 443)
-    for bad in ("host:http", "host:0", "host:70000"):
+    for bad in ("host:http", "host:0", "host:70000", "host:+443", "host: 443", "host:44_3"):
         with pytest.raises(ConfigError) as caught:
             _split_endpoint(bad, 443)
         assert caught.value.key == "api.endpoint"
@@ -204,3 +204,88 @@ async def test_sweeps_report_the_connections_they_opened(
         assert opened[1] == 0  # the second sweep reused the kept-alive connections
     else:
         assert opened == [0, 0]  # not counted for aiohttp
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_connect_timeout_is_a_timeout_on_both_transports(transport: Transport) -> None:
+    import contextlib
+    import socket
+
+    # A listener whose accept queue is full silently drops further SYNs.
+    hole = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(hole.getsockname())
+            fillers.append(filler)
+        endpoint = f"127.0.0.1:{hole.getsockname()[1]}"
+        api = ApiConfig(
+            endpoint=endpoint,
+            protocol="http",
+            timeout_s=5.0,
+            connect_timeout_s=0.2,
+            transport=transport,
+        )
+        async with LiveClient(api, _creds()) as client:
+            with pytest.raises(AttemptTimeout) as caught:
+                await client.fetch(_batch(["u"]))
+    finally:
+        for sock in [hole, *fillers]:
+            sock.close()
+    assert caught.value.code == "Timeout" and caught.value.retriable
+    assert str(caught.value) == f"no connection to {endpoint} within 0.2 s"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(("status", "retriable"), [(408, True), (400, False), (502, True)])
+async def test_non_json_answers_are_retried_only_when_the_status_says_so(
+    transport: Transport, status: int, retriable: bool
+) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    hits: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(status=status, text="<html>nope</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    async with TestServer(app, host="127.0.0.1") as server:
+        api = ApiConfig(endpoint=f"127.0.0.1:{server.port}", protocol="http", transport=transport)
+        async with LiveClient(api, _creds()) as client:
+            with pytest.raises(MalformedResponse) as caught:
+                await client.fetch(_batch(["u"]))
+    assert caught.value.retriable is retriable and hits == ["/"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_redirects_are_not_followed(transport: Transport) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    hits: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        raise web.HTTPTemporaryRedirect("/elsewhere")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.json_response({"RequestId": "r", "Result": {"OnlineUsers": []}})
+
+    app = web.Application()
+    app.router.add_post("/", redirect)
+    app.router.add_post("/elsewhere", elsewhere)
+    async with TestServer(app, host="127.0.0.1") as server:
+        api = ApiConfig(endpoint=f"127.0.0.1:{server.port}", protocol="http", transport=transport)
+        async with LiveClient(api, _creds()) as client:
+            with pytest.raises(MalformedResponse):  # a 307 with a text body, not an answer
+                await client.fetch(_batch(["u"]))
+    assert hits == ["/"]  # the signed request (and its nonce) went out exactly once
