@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import socket
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -28,6 +30,27 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.now += max(0.0, seconds) + (self.lateness() if self.lateness else 0.0)
         await asyncio.sleep(0)
+
+
+@pytest.fixture
+def black_hole_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where connects never complete: a listener whose accept queue is full
+    silently drops further SYNs."""
+    hole = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(hole.getsockname())
+            fillers.append(filler)
+        yield int(hole.getsockname()[1])
+    finally:
+        for sock in [hole, *fillers]:
+            sock.close()
 
 
 class InstantRateMeter:

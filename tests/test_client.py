@@ -207,36 +207,20 @@ async def test_sweeps_report_the_connections_they_opened(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_connect_timeout_is_a_timeout_on_both_transports(transport: Transport) -> None:
-    import contextlib
-    import socket
-
-    # A listener whose accept queue is full silently drops further SYNs.
-    hole = socket.socket()
-    fillers: list[socket.socket] = []
-    try:
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(0)
-        for _ in range(4):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(hole.getsockname())
-            fillers.append(filler)
-        endpoint = f"127.0.0.1:{hole.getsockname()[1]}"
-        api = ApiConfig(
-            endpoint=endpoint,
-            protocol="http",
-            timeout_s=5.0,
-            connect_timeout_s=0.2,
-            transport=transport,
-        )
-        async with LiveClient(api, _creds()) as client:
-            with pytest.raises(AttemptTimeout) as caught:
-                await client.fetch(_batch(["u"]))
-    finally:
-        for sock in [hole, *fillers]:
-            sock.close()
+async def test_a_connect_timeout_is_a_timeout_on_both_transports(
+    transport: Transport, black_hole_port: int
+) -> None:
+    endpoint = f"127.0.0.1:{black_hole_port}"
+    api = ApiConfig(
+        endpoint=endpoint,
+        protocol="http",
+        timeout_s=5.0,
+        connect_timeout_s=0.2,
+        transport=transport,
+    )
+    async with LiveClient(api, _creds()) as client:
+        with pytest.raises(AttemptTimeout) as caught:
+            await client.fetch(_batch(["u"]))
     assert caught.value.code == "Timeout" and caught.value.retriable
     assert str(caught.value) == f"no connection to {endpoint} within 0.2 s"
 

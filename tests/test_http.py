@@ -1582,28 +1582,13 @@ async def test_a_failed_lookup_falls_back_to_the_last_known_addresses(
 
 
 async def test_an_address_that_never_answers_is_raced_by_the_next(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, black_hole_port: int
 ) -> None:
-    # A listener whose accept queue is full silently drops further SYNs: a black hole.
-    hole = socket.socket()
-    fillers: list[socket.socket] = []
-    try:
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(0)
-        for _ in range(4):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(hole.getsockname())
-            fillers.append(filler)
-        async with RawServer() as server:
+    async with RawServer() as server:
 
-            async def getaddrinfo(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
-                return _addresses(hole.getsockname()[1], server.port)
+        async def getaddrinfo(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+            return _addresses(black_hole_port, server.port)
 
-            monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
-            async with HttpPool("api.example", server.port, connect_timeout_s=3.0) as pool:
-                assert (await fetch(pool, "/x")).body == echoed("/x")
-    finally:
-        for sock in [hole, *fillers]:
-            sock.close()
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        async with HttpPool("api.example", server.port, connect_timeout_s=3.0) as pool:
+            assert (await fetch(pool, "/x")).body == echoed("/x")
