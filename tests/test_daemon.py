@@ -50,6 +50,10 @@ class DaemonProcess:
         if not self.out.exists():
             return []
         data = self.out.read_bytes()
+        if self.proc.poll() is None:
+            # Still running: a write may be under way (a reader can see part of a multi-page
+            # write), so only whole lines count. Once it exited, the file must end in one.
+            data = data[: data.rfind(b"\n") + 1]
         assert not data or data.endswith(b"\n"), "the output ends in a partial line"
         return [orjson.loads(line) for line in data.split(b"\n") if line]
 
