@@ -321,12 +321,9 @@ class LiveClient:
             if data is None and body:
                 snippet = body[:60].decode("utf-8", "replace").replace("\n", " ")
                 kind = f"body is not JSON ({snippet!r}...)"
-            err = MalformedResponse(
+            raise MalformedResponse(
                 f"HTTP {status}: {kind}", http_status=status, request_id=header_request_id
             )
-            # 408: the server gave up on the connection (possibly as we wrote to it).
-            err.retriable = status == 200 or status == 408 or status >= 500
-            raise err
         request_id = data.get("RequestId") or header_request_id or ""
         if not isinstance(request_id, str):
             request_id = str(request_id)

@@ -47,6 +47,7 @@ __all__ = [
     "TransportError",
     "UnknownApiError",
     "error_for_response",
+    "transient_status",
 ]
 
 
@@ -102,6 +103,12 @@ class SinkError(PollerError):
     default_code = "SinkError"
 
 
+def transient_status(http_status: int) -> bool:
+    """An HTTP status that says the failure is the server's or the connection's, not ours: 5xx,
+    or 408 (the server gave up on the connection, possibly as we wrote to it)."""
+    return http_status >= 500 or http_status == 408
+
+
 class TransportError(PollerError):
     retriable = True
     default_code = "ConnectionError"
@@ -112,6 +119,9 @@ class AttemptTimeout(TransportError, TimeoutError):
 
 
 class MalformedResponse(PollerError):
+    """An answer we cannot read. Retried when it came with 200 (a damaged answer) or a
+    transient status; a 4xx page that is not our API's envelope will not change on retry."""
+
     retriable = True
     default_code = "MalformedResponse"
 
@@ -121,6 +131,8 @@ class MalformedResponse(PollerError):
         super().__init__(message)
         self.http_status = http_status
         self.request_id = request_id
+        if http_status is not None:
+            self.retriable = http_status == 200 or transient_status(http_status)
 
 
 class ApiError(PollerError):
@@ -182,11 +194,11 @@ class InvalidRequestError(ApiError):
 
 
 class UnknownApiError(ApiError):
-    """A code we do not know: retried only when the server says the fault is its own (5xx)."""
+    """A code we do not know: retried only when the status says the fault is transient."""
 
     @classmethod
     def _retriable_for(cls, http_status: int) -> bool:
-        return http_status >= 500
+        return transient_status(http_status)
 
 
 _EXACT: Final[dict[str, type[ApiError]]] = {

@@ -57,6 +57,7 @@ def api(code: str | None, status: int = 400, message: str | None = "msg") -> Api
         (None, 429, ThrottledError, True, False),
         (None, 503, ApiError, True, False),
         (None, 404, UnknownApiError, False, False),
+        (None, 408, UnknownApiError, True, False),
     ],
 )
 def test_error_for_response_classes(
