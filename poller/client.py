@@ -143,6 +143,7 @@ class _AiohttpTransport:
         self, api: ApiConfig, max_connections: int, session: aiohttp.ClientSession | None
     ) -> None:
         self._base = api.base_url.rstrip("/")
+        self._root = URL(api.base_url, encoded=True)  # V3's target, every request
         self._owns_session = session is None
         if session is None:
             connector = aiohttp.TCPConnector(
@@ -164,7 +165,7 @@ class _AiohttpTransport:
     async def post(
         self, target: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, Mapping[str, str], bytes]:
-        url = URL(self._base + target, encoded=True)
+        url = self._root if target == "/" else URL(self._base + target, encoded=True)
         # No redirects: following one would re-send the signed request with the same nonce.
         async with self.session.post(
             url, data=body, headers=headers, allow_redirects=False
