@@ -51,6 +51,19 @@ def run_once(
     return proc.returncode, records, stderr
 
 
+def once_over_file(
+    tmp_path: Path, emulator: EmulatorProcess, uids_text: str
+) -> tuple[int, list[dict[str, Any]], str]:
+    """``poller once`` over ``uids_text`` written to a UID file, for demo-app/demo-group."""
+    (tmp_path / "uids.txt").write_text(uids_text, "utf-8")
+    return run_once(
+        tmp_path,
+        emulator.config_toml() + '\n[[targets]]\napp_id = "demo-app"\ngroup_id = "demo-group"\n',
+        "--uids-file",
+        str(tmp_path / "uids.txt"),
+    )
+
+
 def one_per_uid(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     counts = Counter(r["uid"] for r in records)
     assert counts and max(counts.values()) == 1
@@ -59,15 +72,8 @@ def one_per_uid(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_ten_thousand_uids_at_the_ceiling_never_over_it(tmp_path: Path) -> None:
     uids = [f"user-{i:06d}" for i in range(1, 10_001)]
-    (tmp_path / "uids.txt").write_text("\n".join(uids) + "\n", "utf-8")
     with EmulatorProcess("--qps", "100", "--group", "demo-app/demo-group:10000") as emulator:
-        code, records, stderr = run_once(
-            tmp_path,
-            emulator.config_toml()
-            + '\n[[targets]]\napp_id = "demo-app"\ngroup_id = "demo-group"\n',
-            "--uids-file",
-            str(tmp_path / "uids.txt"),
-        )
+        code, records, stderr = once_over_file(tmp_path, emulator, "\n".join(uids) + "\n")
         stats = emulator.stats()["total"]
         members = {m["user_id"]: m for m in emulator.members("demo-app", "demo-group")["members"]}
     assert code == 0, stderr
@@ -87,15 +93,8 @@ def test_ten_thousand_uids_at_the_ceiling_never_over_it(tmp_path: Path) -> None:
 
 def test_adapts_when_the_account_budget_is_lower_than_configured(tmp_path: Path) -> None:
     uids = [f"user-{i:06d}" for i in range(1, 8001)]
-    (tmp_path / "uids.txt").write_text("\n".join(uids), "utf-8")
     with EmulatorProcess("--qps", "60", "--group", "demo-app/demo-group:8000") as emulator:
-        code, records, stderr = run_once(
-            tmp_path,
-            emulator.config_toml()
-            + '\n[[targets]]\napp_id = "demo-app"\ngroup_id = "demo-group"\n',
-            "--uids-file",
-            str(tmp_path / "uids.txt"),
-        )
+        code, records, stderr = once_over_file(tmp_path, emulator, "\n".join(uids))
         stats = emulator.stats()["total"]
     assert code == 0, stderr
     assert set(one_per_uid(records)) == set(uids)
@@ -108,16 +107,9 @@ def test_invalid_ids_never_sent_and_special_ids_round_trip(tmp_path: Path) -> No
     special = ["用户1", "a~b", "c*d", "e f", "g+h", "i/j", "k=l", "m%n", "o&p", "~*+/= %&"]
     invalid = ["has,comma", "ctl\x01char", "x" * 200]
     lines = ["# a comment", "", *special, *invalid, "   ", "user-000001", ""]
-    (tmp_path / "uids.txt").write_text("\n".join(lines), "utf-8")
     with EmulatorProcess("--group", "demo-app/demo-group:10", "--online-fraction", "1") as emulator:
         emulator.change_members("demo-app", "demo-group", join=special)
-        code, records, stderr = run_once(
-            tmp_path,
-            emulator.config_toml()
-            + '\n[[targets]]\napp_id = "demo-app"\ngroup_id = "demo-group"\n',
-            "--uids-file",
-            str(tmp_path / "uids.txt"),
-        )
+        code, records, stderr = once_over_file(tmp_path, emulator, "\n".join(lines))
         stats = emulator.stats()["total"]
     assert code == 0, stderr
     got = one_per_uid(records)

@@ -56,24 +56,17 @@ def test_no_secret_token_or_signature_in_any_output(tmp_path: Path, signature: s
             "utf-8",
         )
         uids = ",".join(f"user-{i:06d}" for i in range(1, 401))
-        once = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "poller",
-                "-v",
-                "once",
-                "--config",
-                str(config),
-                "--target",
-                "demo-app/demo-group",
-                "--uids",
-                uids,
-            ],
-            capture_output=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-        )
+
+        def poll_once(path: Path) -> subprocess.CompletedProcess[bytes]:
+            command = ["once", "--config", str(path), "--target", "demo-app/demo-group"]
+            return subprocess.run(
+                [sys.executable, "-m", "poller", "-v", *command, "--uids", uids],
+                capture_output=True,
+                timeout=120,
+                stdin=subprocess.DEVNULL,
+            )
+
+        once = poll_once(config)
         check = subprocess.run(
             [sys.executable, "-m", "poller", "check-config", str(config)],
             capture_output=True,
@@ -82,24 +75,7 @@ def test_no_secret_token_or_signature_in_any_output(tmp_path: Path, signature: s
         )
         bad = tmp_path / "bad.toml"  # a wrong secret: the server's string-to-sign comes back
         bad.write_text(config.read_text("utf-8").replace(SECRET, "wrong-" + SECRET), "utf-8")
-        wrong = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "poller",
-                "-v",
-                "once",
-                "--config",
-                str(bad),
-                "--target",
-                "demo-app/demo-group",
-                "--uids",
-                uids,
-            ],
-            capture_output=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-        )
+        wrong = poll_once(bad)
     assert once.returncode == 0, once.stderr.decode()
     assert b'"type":"presence"' in once.stdout
     assert check.returncode == 0 and b"****" in check.stdout
