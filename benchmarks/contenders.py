@@ -11,7 +11,7 @@ Contenders (all send ``BatchGetOnlineUsers`` with 20 user IDs per request, V3-si
 ``poller``
     the library: ``Poller(config).sweep_batches(...)`` under ``uvloop.run``; ``--qps`` and
     ``--concurrency`` become ``[limits] qps`` / ``max_in_flight``, ``--transport`` becomes
-    ``[api] transport``; ``--stream`` reads the file through :class:`poller.sources.UidFile`
+    ``[api] transport``; ``--stream`` reads the file through :class:`poller.engine.sources.UidFile`
     instead of a list loaded beforehand.
 ``sdk-async``
     the official SDK (``alibabacloud_live20161101``), ``batch_get_online_users_async`` driven by
@@ -19,7 +19,7 @@ Contenders (all send ``BatchGetOnlineUsers`` with 20 user IDs per request, V3-si
 ``sdk-sync``
     the official SDK, ``batch_get_online_users`` in a ``--threads`` thread pool.
 ``lean``
-    a minimal aiohttp + orjson + :func:`poller.signing.sign_v3` loop with ``--concurrency``
+    a minimal aiohttp + orjson + :func:`poller.wire.signing.sign_v3` loop with ``--concurrency``
     workers and no dedupe, validation or records; ``--limiter burst`` paces it with
     ``aiolimiter.AsyncLimiter(qps, 1)``, ``--limiter paced`` with ``AsyncLimiter(1, 1/qps)``.
 
@@ -208,8 +208,8 @@ def _run_async(coro: Coroutine[Any, Any, T], loop: str) -> T:
 
 
 class NullRateMeter:
-    """A :class:`poller.ratelimit.RateMeter` that never waits (diagnostic: ``--rate-meter none``
-    shows what the pipeline costs without pacing)."""
+    """A :class:`poller.core.ratelimit.RateMeter` that never waits (diagnostic:
+    ``--rate-meter none`` shows what the pipeline costs without pacing)."""
 
     def __init__(self) -> None:
         self.granted = 0
@@ -222,19 +222,19 @@ class NullRateMeter:
         return None
 
     def stats(self) -> Any:
-        from poller.ratelimit import RateStats
+        from poller.core.ratelimit import RateStats
 
         return RateStats(self.granted, 0.0, math.inf, math.inf, 0, 0)
 
 
 async def run_poller(args: argparse.Namespace, uids: list[str] | None, tally: Tally) -> None:
     from poller import Poller
-    from poller.client import LiveClient, OnlineUsersAnswer
     from poller.config import ApiConfig, LimitsConfig, PollerConfig, SweepConfig
-    from poller.ratelimit import RateMeter
-    from poller.records import Batch, Target
-    from poller.signing import SigningCredentials
-    from poller.sources import UidFile, UidInput
+    from poller.core.ratelimit import RateMeter
+    from poller.core.records import Batch, Target
+    from poller.engine.sources import UidFile, UidInput
+    from poller.wire.client import LiveClient, OnlineUsersAnswer
+    from poller.wire.signing import SigningCredentials
 
     config = PollerConfig(
         api=ApiConfig(
@@ -302,7 +302,7 @@ async def run_lean(args: argparse.Namespace, uids: list[str], tally: Tally) -> N
     import aiohttp
     from aiolimiter import AsyncLimiter
 
-    from poller.signing import SigningCredentials, format_timestamp, new_nonce, sign_v3
+    from poller.wire.signing import SigningCredentials, format_timestamp, new_nonce, sign_v3
 
     creds = SigningCredentials(args.key_id, args.key_secret)
     limiter: AsyncLimiter | None = None
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     import aiohttp  # noqa: F401
     import uvloop  # noqa: F401
 
-    import poller.pipeline  # noqa: F401
+    import poller.engine.poller  # noqa: F401
 
     if args.contender.startswith("sdk"):
         _sdk_client(args)  # imports the SDK (and builds one throw-away client)

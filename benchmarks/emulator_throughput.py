@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from poller import signing
+from poller.wire import signing
 
 __all__ = ["main", "run"]
 

@@ -22,7 +22,7 @@ compliance
     ``max_requests_in_any_1s_window`` and throttled count, for poller and two naive aiolimiter
     loops; plus requests per sliding second over time (the PNG).
 memory
-    UIDs streamed from a file (``poller.sources.UidFile``) through poller: peak RSS with and
+    UIDs streamed from a file (``poller.engine.sources.UidFile``) through poller: peak RSS with and
     without ``[sweep] dedupe``.
 
 Writes ``benchmarks/results/latest.json``, ``latest.md`` and ``latest_compliance.png`` (the PNG
@@ -56,7 +56,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from poller.testing import EmulatorProcess
+from poller.emulator.process import EmulatorProcess
 
 __all__ = ["Plan", "main"]
 
@@ -513,7 +513,7 @@ def rate_meter_ceiling(qps: float = 100_000.0, seconds: float = 1.0) -> dict[str
     import asyncio
 
     try:
-        from poller.ratelimit import PacedRateLimiter
+        from poller.core.ratelimit import PacedRateLimiter
     except ImportError as exc:
         return {"skipped": repr(exc)}
 

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from poller.testing import EmulatorProcess
+from poller.emulator.process import EmulatorProcess
 
 FAULTS = (
     "500=0.03,503=0.02,throttle=0.01,hang=0.005,reset_before=0.005,reset_after=0.005,"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .config import PollerConfig, load_config
-from .errors import (
+from poller.config import PollerConfig, load_config
+from poller.core.errors import (
     ApiError,
     AuthError,
     ConfigError,
@@ -15,10 +15,10 @@ from .errors import (
     ThrottledError,
     TransportError,
 )
-from .pipeline import Poller, SweepStats
-from .records import ChangeRecord, ErrorRecord, PresenceRecord, Record, Target
-from .sinks import CallbackSink, FileSink, Sink, StdoutSink
-from .sources import Stdin, UidFile
+from poller.core.records import ChangeRecord, ErrorRecord, PresenceRecord, Record, Target
+from poller.engine.poller import Poller, SweepStats
+from poller.engine.sinks import CallbackSink, FileSink, Sink, StdoutSink
+from poller.engine.sources import Stdin, UidFile
 
 try:
     __version__ = version("poller")

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from poller.client import OnlineUsersAnswer
-from poller.errors import PollerError
-from poller.ratelimit import RateStats
-from poller.records import Batch
+from poller.core.errors import PollerError
+from poller.core.ratelimit import RateStats
+from poller.core.records import Batch
+from poller.wire.client import OnlineUsersAnswer
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""Validation, dedupe and batching of user IDs (poller.batching), by property and by example."""
+"""Validation, dedupe and batching of user IDs (poller.core.batching), by property and example."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller.batching import MAX_BATCH, Batcher, Rejected, invalid_reason
-from poller.records import Batch, Target
+from poller.core.batching import MAX_BATCH, Batcher, Rejected, invalid_reason
+from poller.core.records import Batch, Target
 
 TARGET = Target("app", "group")
 

@@ -10,11 +10,8 @@ from typing import Literal
 import aiohttp
 import pytest
 
-from poller.client import LiveClient, _split_endpoint
 from poller.config import ApiConfig, LimitsConfig, PollerConfig, parse_config
-from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpec
-from poller.emulator.accounts import AccessKey
-from poller.errors import (
+from poller.core.errors import (
     AttemptTimeout,
     AuthError,
     ConfigError,
@@ -23,9 +20,12 @@ from poller.errors import (
     ThrottledError,
     TransportError,
 )
-from poller.pipeline import Poller
-from poller.records import Batch, Target
-from poller.signing import SigningCredentials
+from poller.core.records import Batch, Target
+from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpec
+from poller.emulator.accounts import AccessKey
+from poller.engine.poller import Poller
+from poller.wire.client import LiveClient, _split_endpoint
+from poller.wire.signing import SigningCredentials
 
 Transport = Literal["builtin", "aiohttp"]
 TRANSPORTS: tuple[Transport, ...] = ("builtin", "aiohttp")

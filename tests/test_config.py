@@ -21,7 +21,7 @@ from poller.config import (
     load_config,
     parse_config,
 )
-from poller.errors import ConfigError
+from poller.core.errors import ConfigError
 
 FULL = """\
 [api]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from poller.config import CredentialsConfig
-from poller.credentials import mask, resolve_credentials
-from poller.errors import ConfigError, CredentialsNotFound
-from poller.signing import SigningCredentials
+from poller.core.errors import ConfigError, CredentialsNotFound
+from poller.wire.credentials import mask, resolve_credentials
+from poller.wire.signing import SigningCredentials
 
 SECRET = "Sup3rS3cretValue-DoNotLeak"
 TOKEN = "STS-T0ken-DoNotLeak"

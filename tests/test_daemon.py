@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from poller.testing import EmulatorProcess
+from poller.emulator.process import EmulatorProcess
 
 pytestmark = pytest.mark.slow
 

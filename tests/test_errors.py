@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from poller.errors import (
+from poller.core.errors import (
     ApiError,
     AuthError,
     ClockSkewError,

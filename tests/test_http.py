@@ -1,4 +1,4 @@
-"""poller.http: the request bytes on the wire, response framing, keep-alive reuse, failures.
+"""poller.wire.http: the request bytes on the wire, response framing, keep-alive reuse, failures.
 
 Most tests talk to :class:`RawServer`, a scripted server on 127.0.0.1 that records the exact
 request bytes it receives and answers with exact response bytes (optionally in pieces), so both
@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller.http import (
+from poller.wire.http import (
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
     BadResponse,

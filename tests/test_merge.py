@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller.errors import (
+from poller.core.errors import (
     ApiError,
     AttemptTimeout,
     MalformedResponse,
@@ -16,8 +16,8 @@ from poller.errors import (
     TransportError,
     error_for_response,
 )
-from poller.merge import MergeCounts, error_records, merge_answer
-from poller.records import Batch, Record, Target
+from poller.core.merge import MergeCounts, error_records, merge_answer
+from poller.core.records import Batch, Record, Target
 
 TARGET = Target("app-1", "group-1")
 BATCH = Batch(TARGET, ("u1", "u2", "u3"))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from poller.config import LimitsConfig, PollerConfig, RetryConfig, SweepConfig
-from poller.errors import (
+from poller.core.errors import (
     AuthError,
     ConfigError,
     MalformedResponse,
@@ -20,10 +20,10 @@ from poller.errors import (
     ThrottledError,
     TransportError,
 )
-from poller.pipeline import Poller
-from poller.records import Batch, Record, Target
-from poller.sinks import CallbackSink
-from poller.sources import UidFile
+from poller.core.records import Batch, Record, Target
+from poller.engine.poller import Poller
+from poller.engine.sinks import CallbackSink
+from poller.engine.sources import UidFile
 from tests.conftest import FakeClock, InstantRateMeter, ScriptedFetcher
 
 T1 = Target("app", "g1")

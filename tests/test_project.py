@@ -48,13 +48,19 @@ def _imports(path: Path) -> set[str]:
 def test_layering() -> None:
     """Pure modules stay pure; aiohttp and uvloop live only where they belong."""
     package = ROOT / "poller"
-    pure = ("signing.py", "batching.py", "merge.py", "retry.py", "config.py", "records.py")
+    pure = (
+        "wire/signing.py",
+        "core/batching.py",
+        "core/merge.py",
+        "core/records.py",
+        "config/__init__.py",
+    )
     for name in pure:
         assert not _imports(package / name) & {"asyncio", "aiohttp", "uvloop"}, name
     for path in package.rglob("*.py"):
         rel = path.relative_to(package).as_posix()
         used = _imports(path)
         if "uvloop" in used:
-            assert rel in {"cli.py", "emulator/cli.py"}, rel
+            assert rel in {"apps/cli.py", "emulator/cli.py"}, rel
         if "aiohttp" in used:
-            assert rel.startswith("emulator/") or rel in {"client.py", "metrics.py"}, rel
+            assert rel.startswith("emulator/") or rel in {"wire/client.py", "apps/metrics.py"}, rel

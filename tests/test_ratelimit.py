@@ -6,7 +6,7 @@ import asyncio
 import bisect
 import random
 
-from poller.ratelimit import PacedRateLimiter
+from poller.core.ratelimit import PacedRateLimiter
 from tests.conftest import FakeClock
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.config import RetryConfig
-from poller.errors import (
+from poller.core.errors import (
     ApiError,
     AttemptTimeout,
     AuthError,
@@ -28,7 +28,7 @@ from poller.errors import (
     TransportError,
     UnknownApiError,
 )
-from poller.retry import RetryBudget, RetryPolicy
+from poller.core.retry import RetryBudget, RetryPolicy
 
 POLICY = RetryPolicy(
     max_attempts=4, backoff_base_s=0.1, backoff_cap_s=5.0, throttle_backoff_base_s=1.0

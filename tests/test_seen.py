@@ -7,7 +7,7 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller.seen import SeenSet
+from poller.core.seen import SeenSet
 
 chars = st.one_of(st.characters(), st.sampled_from(["\ud800", "\udfff", "\x00", ","]))
 
@@ -37,8 +37,8 @@ def test_survives_growth_and_is_compact() -> None:
 
 
 def test_batcher_switches_to_the_compact_set_without_losing_track() -> None:
-    from poller.batching import COMPACT_AFTER, Batcher
-    from poller.records import Batch, Target
+    from poller.core.batching import COMPACT_AFTER, Batcher
+    from poller.core.records import Batch, Target
 
     batcher = Batcher(Target("a", "g"))
     sent: list[str] = []
@@ -58,8 +58,8 @@ def test_batcher_switches_to_the_compact_set_without_losing_track() -> None:
 @settings(derandomize=True, max_examples=100, deadline=None)
 @given(st.lists(st.text(chars, max_size=6), max_size=300))
 def test_compact_batcher_batches_exactly_like_the_plain_one(items: list[str]) -> None:
-    from poller.batching import Batcher
-    from poller.records import Target
+    from poller.core.batching import Batcher
+    from poller.core.records import Target
 
     def run(compact: bool) -> list[object]:
         batcher = Batcher(Target("a", "g"), compact=compact)

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from poller.errors import SinkError
-from poller.records import ChangeRecord, ErrorRecord, PresenceRecord, Record
-from poller.sinks import CallbackSink, FileSink, Sink, StdoutSink
+from poller.core.errors import SinkError
+from poller.core.records import ChangeRecord, ErrorRecord, PresenceRecord, Record
+from poller.engine.sinks import CallbackSink, FileSink, Sink, StdoutSink
 
 
 def presence(uid: str, sweep: int = 1) -> PresenceRecord:

@@ -10,8 +10,8 @@ from typing import Any, cast
 
 import pytest
 
-from poller.errors import ConfigError
-from poller.sources import Chunk, Stdin, UidFile, UidInput, iter_chunks, read_uid_lines
+from poller.core.errors import ConfigError
+from poller.engine.sources import Chunk, Stdin, UidFile, UidInput, iter_chunks, read_uid_lines
 
 
 async def collect(source: UidInput) -> list[Chunk]:

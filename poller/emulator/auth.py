@@ -1,6 +1,6 @@
 """Server-side verification of V3 (``ACS3-HMAC-SHA256``) and V1 (``HMAC-SHA1``) signatures.
 
-Implements protocol.md §3.7 and §4.4 on top of the pure helpers in :mod:`poller.signing`.
+Implements protocol.md §3.7 and §4.4 on top of the pure helpers in :mod:`poller.wire.signing`.
 Verification is split in two so the caller can attribute a request to an account as soon as the
 key is known (for per-account statistics), before deciding whether it is genuine:
 
@@ -28,7 +28,7 @@ from typing import Final
 
 from multidict import MultiMapping
 
-from poller.signing import (
+from poller.wire.signing import (
     V1_SIGNATURE_METHOD,
     V3_ALGORITHM,
     V3Authorization,
@@ -106,8 +106,8 @@ def v3_expected_signature(
     """``(signature, string_to_sign)`` for a received V3 request at path ``/``.
 
     The emulator's hot path; equal by construction (and by test) to
-    :func:`poller.signing.v3_signature_for`, which it avoids only for speed: the header-name plan
-    is cached and single-valued headers skip the per-value sort.
+    :func:`poller.wire.signing.v3_signature_for`, which it avoids only for speed: the
+    header-name plan is cached and single-valued headers skip the per-value sort.
     """
     names, _ = _signed_header_plan(signed_headers)
     lines = []
@@ -134,7 +134,7 @@ _auth_heads: dict[str, tuple[str, str, str]] = {}
 
 
 def _parse_authorization(value: str) -> V3Authorization | None:
-    """:func:`poller.signing.parse_v3_authorization`, memoised on everything before the signature.
+    """:func:`poller.wire.signing.parse_v3_authorization`, memoised on all before the signature.
 
     A client's ``Authorization`` differs between requests only in its trailing ``Signature=``;
     for a head seen before, the result is exactly what the full parse would return.

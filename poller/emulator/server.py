@@ -38,7 +38,7 @@ from urllib.parse import unquote, unquote_to_bytes
 import orjson
 from aiohttp import web
 
-from poller.signing import API_VERSION
+from poller.wire.signing import API_VERSION
 
 from . import errors, inspection
 from .accounts import KeyStore, NonceStore

@@ -15,8 +15,8 @@ import pytest
 import yarl
 from multidict import CIMultiDictProxy
 
-from poller import signing
 from poller.emulator import EmulatorConfig, EmulatorServer
+from poller.wire import signing
 
 DEMO = signing.SigningCredentials("demo-key", "demo-secret")
 UUID_UPPER = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}")

@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 import yarl
 
-from poller import signing
 from poller.emulator import EmulatorServer, actions
+from poller.wire import signing
 
 from .conftest import (
     DEMO,

@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 import yarl
 
-from poller import signing
 from poller.emulator import AccessKey, EmulatorServer, GroupSpec
 from poller.emulator.accounts import NonceStore, parse_access_key, parse_sts_key
 from poller.emulator.auth import parse_timestamp
+from poller.wire import signing
 
 from .conftest import (
     UUID_UPPER,

@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from poller import signing
 from poller.emulator.auth import _parse_authorization, v3_expected_signature
 from poller.emulator.errors import ApiError, RequestIds, new_request_id
 from poller.emulator.server import _decode_form
+from poller.wire import signing
 
 UUID_UPPER = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}")
 header_names = st.sampled_from(

@@ -255,7 +255,7 @@ async def test_reset_and_nonce_consumption(
 async def test_faults_only_hit_authenticated_admitted_requests(
     make_server: MakeServer, session: aiohttp.ClientSession
 ) -> None:
-    from poller.signing import SigningCredentials
+    from poller.wire.signing import SigningCredentials
 
     server = await make_server(qps=1, faults=FaultRates.parse("500=1"))
     bad = sign_v3(server, PARAMS, creds=SigningCredentials("demo-key", "wrong"))

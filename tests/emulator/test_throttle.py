@@ -8,9 +8,9 @@ import random
 import aiohttp
 import pytest
 
-from poller import signing
 from poller.emulator import AccessKey, EmulatorServer
 from poller.emulator.throttle import SlidingWindowLimiter, WindowMax
+from poller.wire import signing
 
 from .conftest import FakeClock, MakeServer, batch_params, call
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from poller.config import RetryConfig
-from poller.pipeline import Poller
-from poller.records import Target
-from poller.testing import EmulatorProcess
+from poller.core.records import Target
+from poller.emulator.process import EmulatorProcess
+from poller.engine.poller import Poller
 from tests.test_daemon import DaemonProcess, base_config, target
 
 pytestmark = pytest.mark.slow

@@ -11,13 +11,13 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller.batching import invalid_reason
-from poller.client import LiveClient, OnlineUsersAnswer
 from poller.config import ApiConfig, LimitsConfig, PollerConfig, RetryConfig
+from poller.core.batching import invalid_reason
+from poller.core.records import Batch, Record, Target
 from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpec
-from poller.pipeline import Poller
-from poller.records import Batch, Record, Target
-from poller.signing import SigningCredentials
+from poller.engine.poller import Poller
+from poller.wire.client import LiveClient, OnlineUsersAnswer
+from poller.wire.signing import SigningCredentials
 
 FAULTS = (
     "500=0.10,throttle=0.05,hang=0.02,reset_before=0.02,reset_after=0.02,"

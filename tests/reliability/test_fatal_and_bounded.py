@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from poller.config import ApiConfig, LimitsConfig, PollerConfig, RetryConfig, SweepConfig
+from poller.core.errors import ClockSkewError
+from poller.core.records import Record, Target
 from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpec
-from poller.errors import ClockSkewError
-from poller.pipeline import Poller
-from poller.records import Record, Target
-from poller.signing import SigningCredentials
-from poller.testing import EmulatorProcess
+from poller.emulator.process import EmulatorProcess
+from poller.engine.poller import Poller
+from poller.wire.signing import SigningCredentials
 from tests.test_daemon import DaemonProcess, base_config, target
 
 TARGET = Target("demo-app", "demo-group")

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from poller.config import ApiConfig, LimitsConfig, PollerConfig, SweepConfig
+from poller.core.records import Record, Target
 from poller.emulator import EmulatorConfig, EmulatorServer, GroupSpec
-from poller.pipeline import Poller
-from poller.records import Record, Target
-from poller.signing import SigningCredentials
-from poller.sinks import CallbackSink
+from poller.engine.poller import Poller
+from poller.engine.sinks import CallbackSink
+from poller.wire.signing import SigningCredentials
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from poller.config import ApiConfig, MetricsConfig, PollerConfig
+from poller.core.records import Target
 from poller.emulator import EmulatorConfig
-from poller.pipeline import Poller
-from poller.records import Target
-from poller.signing import SigningCredentials
-from poller.testing import EmulatorProcess
+from poller.emulator.process import EmulatorProcess
+from poller.engine.poller import Poller
+from poller.wire.signing import SigningCredentials
 
 SECRET = "s3cr3t-VALUE-that-must-not-leak"
 TOKEN = "CAIS-sts-TOKEN/that+must=not=leak"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from poller.testing import EmulatorProcess
+from poller.emulator.process import EmulatorProcess
 from tests.test_daemon import DaemonProcess, base_config, target
 
 pytestmark = pytest.mark.slow

@@ -1,11 +1,11 @@
 """The API client: keep-alive connections, a freshly signed POST per attempt, one error boundary.
 
 This is the only module that sees the HTTP transport's errors, asyncio timeouts or orjson decode
-errors; they are translated here, once, into :mod:`poller.errors`. Two transports carry the
+errors; they are translated here, once, into :mod:`poller.core.errors`. Two transports carry the
 requests (``[api] transport``):
 
 ``builtin`` (default)
-    :class:`poller.http.HttpPool`, a lean HTTP/1.1 keep-alive client for the one endpoint; it
+    :class:`poller.wire.http.HttpPool`, a lean HTTP/1.1 keep-alive client for the one endpoint; it
     costs a fraction of a general-purpose client's CPU per request.
 ``aiohttp``
     an ``aiohttp.ClientSession``; also used when a session is passed in.
@@ -30,17 +30,17 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from .config import ApiConfig
-from .errors import (
+from poller.config import ApiConfig
+from poller.core.errors import (
     AttemptTimeout,
     ConfigError,
     MalformedResponse,
     TransportError,
     error_for_response,
 )
-from .http import ConnectTimeout, HttpError, HttpPool
-from .records import Batch
-from .signing import (
+from poller.core.records import Batch
+from poller.wire.http import ConnectTimeout, HttpError, HttpPool
+from poller.wire.signing import (
     API_VERSION,
     DEFAULT_USER_AGENT,
     SignedRequest,

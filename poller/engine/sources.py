@@ -22,7 +22,7 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
-from .errors import ConfigError
+from poller.core.errors import ConfigError
 
 __all__ = ["Chunk", "Stdin", "UidFile", "UidInput", "iter_chunks", "read_uid_lines"]
 

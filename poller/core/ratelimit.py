@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from .clock import Clock, LoopClock
+from poller.core.clock import Clock, LoopClock
 
 __all__ = ["PacedRateLimiter", "RateMeter", "RateStats"]
 

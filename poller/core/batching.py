@@ -17,8 +17,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
-from .records import Batch, Target
-from .seen import SeenSet
+from poller.core.records import Batch, Target
+from poller.core.seen import SeenSet
 
 __all__ = ["COMPACT_AFTER", "MAX_BATCH", "Batcher", "Rejected", "invalid_reason"]
 
@@ -71,7 +71,7 @@ class Batcher:
 
     With ``dedupe`` (the default) each distinct ID, valid or not, is handled once per sweep.
     Up to :data:`COMPACT_AFTER` distinct IDs live in a plain ``set`` (fast, ~90 bytes each);
-    beyond that they move to a :class:`~poller.seen.SeenSet` (~45 bytes each, slower), so a
+    beyond that they move to a :class:`~poller.core.seen.SeenSet` (~45 bytes each, slower), so a
     million-ID sweep stays well under 100 MB.
     """
 

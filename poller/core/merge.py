@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MalformedResponse, PollerError
-from .records import Batch, ErrorRecord, PresenceRecord, Record
+from poller.core.errors import MalformedResponse, PollerError
+from poller.core.records import Batch, ErrorRecord, PresenceRecord, Record
 
 __all__ = ["MergeCounts", "error_records", "merge_answer", "validate_answer"]
 

@@ -1,7 +1,7 @@
 """``poller demo``: the real pipeline against an in-process emulator, no account needed.
 
 Starts the emulator on a free loopback port with a demo group whose members come and go,
-polls every member a few times through :class:`~poller.pipeline.Poller` (signing, pacing,
+polls every member a few times through :class:`~poller.engine.poller.Poller` (signing, pacing,
 retries, merging, all real), and prints who came online or went offline between sweeps.
 """
 
@@ -12,11 +12,11 @@ import asyncio
 import sys
 from datetime import UTC, datetime
 
-from .config import ApiConfig, CredentialsConfig, PollerConfig
-from .emulator import EmulatorConfig, EmulatorServer
-from .emulator.state import GroupSpec
-from .pipeline import Poller
-from .records import Target
+from poller.config import ApiConfig, CredentialsConfig, PollerConfig
+from poller.core.records import Target
+from poller.emulator import EmulatorConfig, EmulatorServer
+from poller.emulator.state import GroupSpec
+from poller.engine.poller import Poller
 
 __all__ = ["run_demo"]
 

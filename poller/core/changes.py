@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .records import ChangeRecord, Record, Target
+from poller.core.records import ChangeRecord, Record, Target
 
 __all__ = ["ChangeTracker"]
 

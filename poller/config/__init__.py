@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
-from .errors import ConfigError
-from .records import Target
+from poller.core.errors import ConfigError
+from poller.core.records import Target
 
 __all__ = [
     "DEFAULT_ENDPOINT",

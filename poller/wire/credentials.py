@@ -9,7 +9,7 @@ Order (the first that yields a key wins):
    ``~/.alibabacloud/credentials.ini``; section ``ALIBABA_CLOUD_PROFILE`` or ``default``,
    ``type = access_key`` (text after ``#`` in a value is a comment).
 
-The secret and token are held in :class:`~poller.signing.SigningCredentials`, whose ``repr``
+The secret and token are held in :class:`~poller.wire.signing.SigningCredentials`, whose ``repr``
 shows neither.
 """
 
@@ -20,9 +20,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import CredentialsConfig
-from .errors import ConfigError, CredentialsNotFound
-from .signing import SigningCredentials
+from poller.config import CredentialsConfig
+from poller.core.errors import ConfigError, CredentialsNotFound
+from poller.wire.signing import SigningCredentials
 
 __all__ = ["mask", "resolve_credentials"]
 

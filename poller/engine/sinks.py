@@ -21,9 +21,9 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import orjson
 
-from .config import SinkConfig
-from .errors import SinkError
-from .records import Record
+from poller.config import SinkConfig
+from poller.core.errors import SinkError
+from poller.core.records import Record
 
 __all__ = ["CallbackSink", "FileSink", "Sink", "StdoutSink", "encode_records", "sinks_from_config"]
 

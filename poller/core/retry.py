@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .config import RetryConfig
-from .errors import PollerError, ThrottledError
+from poller.config import RetryConfig
+from poller.core.errors import PollerError, ThrottledError
 
 __all__ = ["RetryBudget", "RetryPolicy"]
 

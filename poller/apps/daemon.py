@@ -26,19 +26,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .changes import ChangeTracker
-from .clock import LoopClock
-from .config import PollerConfig, TargetConfig, load_config
-from .discovery import discover_members
-from .errors import AuthError, ConfigError, PollerError
-from .logs import log_event
-from .metrics import HealthServer, Metrics, Readiness
-from .pipeline import Poller, SweepStats, Work
-from .ratelimit import PacedRateLimiter
-from .records import Target
-from .sdnotify import notify, reloading_message, watchdog_interval_s
-from .sinks import Sink, sinks_from_config
-from .sources import UidFile, UidInput
+from poller.apps.logs import log_event
+from poller.apps.metrics import HealthServer, Metrics, Readiness
+from poller.apps.sdnotify import notify, reloading_message, watchdog_interval_s
+from poller.config import PollerConfig, TargetConfig, load_config
+from poller.core.changes import ChangeTracker
+from poller.core.clock import LoopClock
+from poller.core.errors import AuthError, ConfigError, PollerError
+from poller.core.ratelimit import PacedRateLimiter
+from poller.core.records import Target
+from poller.engine.poller import Poller, SweepStats, Work
+from poller.engine.sinks import Sink, sinks_from_config
+from poller.engine.sources import UidFile, UidInput
+from poller.wire.discovery import discover_members
 
 __all__ = ["Daemon"]
 

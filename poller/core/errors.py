@@ -1,7 +1,7 @@
 """The one exception tree of poller.
 
 Foreign exceptions (aiohttp, asyncio timeouts, orjson) are translated into this tree at a single
-boundary, :mod:`poller.client`; everything above it catches only :class:`PollerError`::
+boundary, :mod:`poller.wire.client`; everything above it catches only :class:`PollerError`::
 
     PollerError                       retriable  fatal
     ├── ConfigError                       no      yes   bad config / input files (exit 78)

@@ -19,12 +19,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from .config import ApiConfig, PollerConfig, TargetConfig, load_config
-from .errors import AuthError, ConfigError, PollerError, SinkError
-from .pipeline import Poller, SweepStats, Work
-from .records import Target
-from .sinks import FileSink, Sink, StdoutSink, sinks_from_config
-from .sources import Stdin, UidFile, UidInput
+from poller.config import ApiConfig, PollerConfig, TargetConfig, load_config
+from poller.core.errors import AuthError, ConfigError, PollerError, SinkError
+from poller.core.records import Target
+from poller.engine.poller import Poller, SweepStats, Work
+from poller.engine.sinks import FileSink, Sink, StdoutSink, sinks_from_config
+from poller.engine.sources import Stdin, UidFile, UidInput
 
 __all__ = ["main"]
 
@@ -105,9 +105,9 @@ def _once_work(
 async def _resolve_work(
     poller: Poller, config: PollerConfig, planned: list[tuple[Target, UidInput | None]]
 ) -> list[Work]:
-    from .clock import LoopClock
-    from .discovery import discover_members
-    from .ratelimit import PacedRateLimiter
+    from poller.core.clock import LoopClock
+    from poller.core.ratelimit import PacedRateLimiter
+    from poller.wire.discovery import discover_members
 
     work: list[Work] = []
     meter = PacedRateLimiter(config.limits.discovery_qps)
@@ -244,7 +244,7 @@ async def _once(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from .credentials import mask
+    from poller.wire.credentials import mask
 
     config = load_config(args.file)
     creds = config.credentials
@@ -339,23 +339,23 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulator":
-        from .emulator.cli import main as emulator_main
+        from poller.emulator.cli import main as emulator_main
 
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "run":
-        from .logs import setup_json_logging
+        from poller.apps.logs import setup_json_logging
 
         setup_json_logging(args.verbose)
     else:
         _setup_logging(args.verbose)
     try:
         if args.command == "run":
-            from .daemon import Daemon
+            from poller.apps.daemon import Daemon
 
             return _run(lambda: Daemon(args.config).run())
         if args.command == "demo":
-            from .demo import run_demo
+            from poller.apps.demo import run_demo
 
             return _run(lambda: run_demo(args))
         if args.command == "once":

@@ -23,8 +23,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .pipeline import SweepStats
-from .records import Target
+from poller.core.records import Target
+from poller.engine.poller import SweepStats
 
 __all__ = ["HealthServer", "Metrics", "Readiness"]
 
@@ -34,7 +34,7 @@ _SWEEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0
 
 
 class Metrics:
-    """The daemon's metrics; also the pipeline's :class:`~poller.pipeline.Observer`."""
+    """The daemon's metrics; also the pipeline's :class:`~poller.engine.poller.Observer`."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()

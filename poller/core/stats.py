@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import (
+from poller.core.errors import (
     AttemptTimeout,
     AuthError,
     InvalidRequestError,
@@ -17,7 +17,7 @@ from .errors import (
     ThrottledError,
     TransportError,
 )
-from .merge import MergeCounts
+from poller.core.merge import MergeCounts
 
 __all__ = ["Observer", "SweepStats", "outcome_of"]
 

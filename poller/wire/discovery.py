@@ -13,11 +13,11 @@ import logging
 import random
 from typing import Protocol
 
-from .clock import Clock
-from .errors import MalformedResponse, PollerError
-from .ratelimit import RateMeter
-from .records import Target
-from .retry import RetryPolicy
+from poller.core.clock import Clock
+from poller.core.errors import MalformedResponse, PollerError
+from poller.core.ratelimit import RateMeter
+from poller.core.records import Target
+from poller.core.retry import RetryPolicy
 
 __all__ = ["MAX_PAGES", "PAGE_SIZE", "discover_members"]
 

@@ -23,20 +23,20 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
-from .batching import COMPACT_AFTER, Batcher, Rejected
-from .client import BatchFetcher, LiveClient
-from .clock import Clock, LoopClock, epoch_ms
-from .config import PollerConfig
-from .credentials import resolve_credentials
-from .errors import PermissionDenied, PollerError, ThrottledError
-from .merge import error_records, merge_answer
-from .ratelimit import PacedRateLimiter, RateMeter
-from .records import Batch, ErrorRecord, Record, Target
-from .retry import RetryBudget, RetryPolicy
-from .signing import SigningCredentials
-from .sinks import Sink
-from .sources import UidFile, UidInput, iter_chunks
-from .stats import Observer, SweepStats, outcome_of
+from poller.config import PollerConfig
+from poller.core.batching import COMPACT_AFTER, Batcher, Rejected
+from poller.core.clock import Clock, LoopClock, epoch_ms
+from poller.core.errors import PermissionDenied, PollerError, ThrottledError
+from poller.core.merge import error_records, merge_answer
+from poller.core.ratelimit import PacedRateLimiter, RateMeter
+from poller.core.records import Batch, ErrorRecord, Record, Target
+from poller.core.retry import RetryBudget, RetryPolicy
+from poller.core.stats import Observer, SweepStats, outcome_of
+from poller.engine.sinks import Sink
+from poller.engine.sources import UidFile, UidInput, iter_chunks
+from poller.wire.client import BatchFetcher, LiveClient
+from poller.wire.credentials import resolve_credentials
+from poller.wire.signing import SigningCredentials
 
 __all__ = ["Observer", "Poller", "SweepStats", "Work", "outcome_of"]
 
@@ -168,7 +168,7 @@ class Poller:
     async def sweep_batches(self, work: Sequence[Work]) -> AsyncGenerator[list[Record], None]:
         """One sweep over several targets (their batches interleave), as lists of records.
 
-        Raises the fatal error (e.g. :class:`~poller.errors.AuthError`) at the end if one
+        Raises the fatal error (e.g. :class:`~poller.core.errors.AuthError`) at the end if one
         stopped the sweep; every UID still got its record before that.
         """
         if self._inflight is None:
@@ -474,7 +474,7 @@ async def _interleave(
 
 
 def _compact(source: UidInput) -> bool | None:
-    """How to de-duplicate a source (see :class:`~poller.batching.Batcher`)."""
+    """How to de-duplicate a source (see :class:`~poller.core.batching.Batcher`)."""
     if isinstance(source, UidFile):
         try:
             # ~16 bytes a line for typical IDs: past COMPACT_AFTER lines, start compact.
