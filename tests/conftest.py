@@ -26,6 +26,9 @@ class FakeClock:
     def monotonic(self) -> float:
         return self.now
 
+    def time(self) -> float:
+        return 1_764_100_000.0 + self.now
+
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += max(0.0, seconds) + (self.lateness() if self.lateness else 0.0)
