@@ -16,7 +16,8 @@ from poller.core.errors import (
     TransportError,
 )
 from poller.core.records import ChangeRecord, ErrorRecord, PresenceRecord, Record, Target
-from poller.engine.poller import Poller, SweepStats
+from poller.core.stats import SweepStats
+from poller.engine.poller import Poller
 from poller.engine.sinks import CallbackSink, FileSink, Sink, StdoutSink
 from poller.engine.sources import Stdin, UidFile
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +28,7 @@ from poller.emulator.accounts import AccessKey
 from poller.engine.poller import Poller
 from poller.wire.client import LiveClient, _split_endpoint
 from poller.wire.signing import SigningCredentials
+from tests.conftest import FakeClock
 
 Transport = Literal["builtin", "aiohttp"]
 TRANSPORTS: tuple[Transport, ...] = ("builtin", "aiohttp")
@@ -273,3 +276,35 @@ async def test_redirects_are_not_followed(transport: Transport) -> None:
             with pytest.raises(MalformedResponse):  # a 307 with a text body, not an answer
                 await client.fetch(_batch(["u"]))
     assert hits == ["/"]  # the signed request (and its nonce) went out exactly once
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_signatures_are_dated_by_the_injected_clock(transport: Transport) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    dates: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        dates.append(request.headers.get("x-acs-date"))
+        return web.json_response({"RequestId": "r", "Result": {"OnlineUsers": []}})
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    clock = FakeClock(start=0.0)  # time() is 1_764_100_000.0
+    async with TestServer(app, host="127.0.0.1") as server:
+        api = ApiConfig(endpoint=f"127.0.0.1:{server.port}", protocol="http", transport=transport)
+        async with LiveClient(api, _creds(), clock=clock) as client:
+            await client.fetch(_batch(["u"]))
+            clock.now += 61.0
+            await client.fetch(_batch(["u"]))
+    assert dates == ["2025-11-25T19:46:40Z", "2025-11-25T19:47:41Z"]
+
+
+def test_importing_poller_does_not_import_aiohttp() -> None:
+    code = (
+        "import sys, poller, poller.wire.client\n"
+        "print(sorted({'aiohttp', 'yarl', 'multidict'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

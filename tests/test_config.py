@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from poller.config import (
     ApiConfig,
@@ -20,6 +21,7 @@ from poller.config import (
     TargetConfig,
     load_config,
     parse_config,
+    split_endpoint,
 )
 from poller.core.errors import ConfigError
 
@@ -358,3 +360,247 @@ def test_unreadable_file_directory(tmp_path: Path) -> None:
 def test_load_config_accepts_str_path(tmp_path: Path) -> None:
     path = write(tmp_path, "[limits]\nqps = 20")
     assert load_config(str(path)).limits.qps == 20.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Secrets, nested keys, the endpoint, the CA bundle
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "got"),
+    [
+        (
+            '[credentials]\naccess_key_id = "AK"\naccess_key_secret = ["VERY-SECRET"]',
+            "secret",
+            "list",
+        ),
+        ('[credentials]\naccess_key_id = "AK"\nsecurity_token = 987654321012', "token", "int"),
+        ("[credentials]\naccess_key_secret = { s = 'VERY-SECRET' }", "secret", "table"),
+        ("[credentials]\nsecurity_token = 1987-06-05T04:03:02Z", "token", "datetime"),
+    ],
+)
+def test_type_errors_never_echo_a_secret(tmp_path: Path, toml: str, key: str, got: str) -> None:
+    path = write(tmp_path, toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert info.value.key is not None and info.value.key.endswith(key)
+    assert message.endswith(f"expected str, got {got}")
+    for leaked in ("VERY-SECRET", "987654321012", "1987"):
+        assert leaked not in message
+
+
+def test_type_errors_of_other_keys_show_the_value() -> None:
+    with pytest.raises(ConfigError, match=r"expected str, got list \['AK'\]"):
+        parse_config({"credentials": {"access_key_id": ["AK"]}})
+    with pytest.raises(ConfigError, match=r"every item must be a string; got int 2"):
+        parse_config({"targets": [{"app_id": "a", "group_id": "g", "uids": ["u1", 2]}]})
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "fragment"),
+    [
+        (
+            {
+                "targets": [
+                    {"app_id": "a", "group_id": "g"},
+                    {"app_id": "a", "group_id": "h", "uids": ["u"], "uids_file": "u.txt"},
+                ]
+            },
+            "targets[1].uids_file",
+            "not both",
+        ),
+        (
+            {"targets": [{"app_id": "a", "group_id": "g", "discover": True, "uids": []}]},
+            "targets[0].discover",
+            "discovery",
+        ),
+        (
+            {"targets": [{"app_id": "a", "group_id": "g", "discover": True, "uids_file": "f"}]},
+            "targets[0].discover",
+            "discovery",
+        ),
+        (
+            {"targets": [{"app_id": "a", "group_id": "g"}, {"app_id": "a", "group_id": ""}]},
+            "targets[1].group_id",
+            "non-empty",
+        ),
+        ({"sinks": [{}, {"kind": "file", "path": ""}]}, "sinks[1].path", "required"),
+        ({"sinks": [{"fsync": 1}]}, "sinks[0].fsync", "expected bool"),
+        ({"metrics": {"listen": "9108"}}, "metrics.listen", "host:port"),
+        ({"metrics": {"listen": "host:http"}}, "metrics.listen", "host:port"),
+        ({"limits": {"discovery_qps": 0}}, "limits.discovery_qps", "> 0"),
+        ({"daemon": {"max_auth_failures": 0}}, "daemon.max_auth_failures", ">= 1"),
+        ({"sweep": {"max_uid_bytes": 4097}}, "sweep.max_uid_bytes", "between 1 and 4096"),
+        ({"api": {"transport": "curl"}}, "api.transport", "builtin, aiohttp; got 'curl'"),
+    ],
+)
+def test_errors_from_post_init_name_the_full_key_and_the_source(
+    data: dict[str, Any], key: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="inline.toml")
+    assert info.value.key == key
+    assert info.value.source == "inline.toml"
+    assert str(info.value).startswith(f"inline.toml, key '{key}': ")
+    assert fragment in info.value.detail
+
+
+def test_dataclasses_check_themselves_when_built_in_code() -> None:
+    with pytest.raises(ConfigError) as info:
+        LimitsConfig(qps=0)
+    assert info.value.key == "limits.qps" and info.value.source is None
+    with pytest.raises(ConfigError) as info:
+        ApiConfig(endpoint="host:0")
+    assert info.value.key == "api.endpoint"
+    with pytest.raises(ConfigError) as info:
+        TargetConfig(app_id="", group_id="g")
+    assert info.value.key == "app_id"  # an entry names keys relative to itself
+    with pytest.raises(ConfigError) as info:
+        SinkConfig(kind="file")
+    assert info.value.key == "path"
+    with pytest.raises(ConfigError) as info:
+        PollerConfig().with_changes(retry=RetryConfig(max_attempts=0))
+    assert info.value.key == "retry.max_attempts"
+
+
+def test_half_credentials_are_a_credentials_value_but_not_a_config() -> None:
+    # The credential chain accepts half a pair (and falls through); a whole config does not.
+    half = CredentialsConfig(access_key_id="AK")
+    with pytest.raises(ConfigError) as info:
+        PollerConfig(credentials=half)
+    assert info.value.key == "credentials.access_key_secret"
+
+
+def test_a_missing_required_key_names_its_type() -> None:
+    with pytest.raises(ConfigError, match=r"'targets\[0\]\.group_id': required; expected str"):
+        parse_config({"targets": [{"app_id": "a"}]})
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "default_port", "expected"),
+    [
+        ("live.aliyuncs.com", 443, ("live.aliyuncs.com", 443)),
+        ("live.aliyuncs.com", 80, ("live.aliyuncs.com", 80)),
+        ("127.0.0.1:8780", 80, ("127.0.0.1", 8780)),
+        ("host:1", 443, ("host", 1)),
+        ("host:65535", 443, ("host", 65535)),
+        ("host:00443", 80, ("host", 443)),
+        ("[::1]:8780", 80, ("::1", 8780)),
+        ("[::1]", 443, ("::1", 443)),
+        ("[::1]:", 443, ("::1", 443)),
+        ("::1", 443, ("::1", 443)),  # an unbracketed IPv6 literal takes no port
+        ("host:", 443, ("host", 443)),
+    ],
+)
+def test_split_endpoint(endpoint: str, default_port: int, expected: tuple[str, int]) -> None:
+    assert split_endpoint(endpoint, default_port) == expected
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "host:http",
+        "host:0",
+        "host:00000",
+        "host:65536",
+        "host:70000",
+        "host:100000",
+        "host:000443",
+        "host:+443",
+        "host:-1",
+        "host: 443",
+        "host:443 ",
+        "host:44_3",
+        "host:４４３",  # full-width digits are digits to str.isdigit
+        "host:٤٤٣",  # so are Arabic-Indic ones
+        "host:²",
+        "[::1]:0",
+        "[::1]x",
+        "[::1]8443",
+        "[::1",
+        ":443",
+        "[]:443",
+        "",
+        "https://live.aliyuncs.com",
+        "live.aliyuncs.com/",
+        "live.aliyuncs.com:443/path",
+    ],
+)
+def test_bad_endpoints_are_rejected_when_the_api_config_is_built(endpoint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        split_endpoint(endpoint, 443)
+    assert info.value.key == "api.endpoint"
+    with pytest.raises(ConfigError) as info:
+        ApiConfig(endpoint=endpoint)
+    assert info.value.key == "api.endpoint"
+    with pytest.raises(ConfigError) as info:
+        parse_config({"api": {"endpoint": endpoint}}, source="p.toml")
+    assert info.value.key == "api.endpoint" and info.value.source == "p.toml"
+
+
+@pytest.mark.parametrize(
+    ("api", "host", "port"),
+    [
+        (ApiConfig(), "live.aliyuncs.com", 443),
+        (ApiConfig(protocol="http"), "live.aliyuncs.com", 80),
+        (ApiConfig(endpoint="127.0.0.1:8780", protocol="http"), "127.0.0.1", 8780),
+        (ApiConfig(endpoint="example.com:8443"), "example.com", 8443),
+        (ApiConfig(endpoint="[2001:db8::1]"), "2001:db8::1", 443),
+        (ApiConfig(endpoint="[2001:db8::1]:8080", protocol="http"), "2001:db8::1", 8080),
+    ],
+)
+def test_api_host_and_port(api: ApiConfig, host: str, port: int) -> None:
+    assert (api.host, api.port) == (host, port)
+
+
+@pytest.fixture(scope="module")
+def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    return path
+
+
+def test_a_valid_ca_file_is_accepted_and_resolved_against_the_config(
+    tmp_path: Path, ca_pem: Path
+) -> None:
+    config = write(tmp_path, '[api]\nca_file = "certs/ca.pem"\n')
+    (config.parent / "certs").mkdir()
+    (config.parent / "certs" / "ca.pem").write_bytes(ca_pem.read_bytes())
+    assert load_config(config).api.ca_file == config.parent / "certs" / "ca.pem"
+    assert parse_config({"api": {"ca_file": str(ca_pem)}}).api.ca_file == ca_pem
+    assert parse_config({"api": {"ca_file": ""}}).api.ca_file is None
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "No such file"),
+        ("dir", "Is a directory"),
+        (b"", "not a valid PEM CA bundle"),
+        (b"not a certificate\n", "not a valid PEM CA bundle"),
+        (
+            b"-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n",
+            "not a valid PEM CA bundle",
+        ),
+    ],
+)
+def test_a_bad_ca_file_is_a_load_time_error(
+    tmp_path: Path, content: bytes | str | None, fragment: str
+) -> None:
+    config = write(tmp_path, '[api]\nca_file = "ca.pem"\n')
+    target = config.parent / "ca.pem"
+    if content == "dir":
+        target.mkdir()
+    elif isinstance(content, bytes):
+        target.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert info.value.key == "api.ca_file" and info.value.source == str(config)
+    assert fragment in info.value.detail
+    assert str(target) in info.value.detail
+
+
+def test_a_ca_file_built_in_code_is_checked_by_the_client_not_the_dataclass(tmp_path: Path) -> None:
+    # Reading files is the loader's business; poller.wire.client checks again when it connects.
+    assert ApiConfig(ca_file=tmp_path / "missing.pem").ca_file == tmp_path / "missing.pem"

@@ -32,12 +32,15 @@ from poller.wire.http import (
     BadResponse,
     ConnectionClosed,
     ConnectTimeout,
+    ForeignHttpError,
     HttpError,
     HttpPool,
     HttpResponse,
     _Connection,
+    describe_error,
     encode_request,
 )
+from tests.conftest import FakeClock
 
 #: Safety net for every awaited exchange; nothing here should take more than a fraction of it.
 BOUND_S = 5.0
@@ -985,6 +988,20 @@ async def test_connection_idle_past_idle_timeout_is_replaced() -> None:
         await eventually(lambda: server.client_eofs == 1, "the stale connection is closed")
 
 
+async def test_idle_expiry_reads_the_injected_clock() -> None:
+    clock = FakeClock()
+    async with RawServer() as server:
+        pool = HttpPool("127.0.0.1", server.port, idle_timeout_s=10.0, clock=clock)
+        async with pool:
+            await fetch(pool, "/a")
+            clock.now += 9.0  # still within the idle timeout, however long the test really took
+            await fetch(pool, "/b")
+            assert pool.connections_opened == 1
+            clock.now += 10.5  # past it: the next request reconnects, and never slept for it
+            await fetch(pool, "/c")
+            assert server.accepted == pool.connections_opened == 2
+
+
 async def test_connections_idle_at_the_bottom_expire_while_the_top_one_is_reused() -> None:
     async with (
         RawServer(wave(3)) as server,
@@ -1555,6 +1572,27 @@ async def test_addresses_are_looked_up_once_and_shared(monkeypatch: pytest.Monke
             assert pool.connections_opened == 8 and lookups == ["api.example"]
 
 
+async def test_the_address_cache_expires_by_the_injected_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    lookups: list[str] = []
+    async with RawServer() as server:
+
+        async def getaddrinfo(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+            lookups.append(host)
+            return _addresses(server.port)
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        pool = HttpPool("api.example", server.port, dns_ttl_s=60.0, idle_timeout_s=0, clock=clock)
+        async with pool:
+            for step in (0.0, 30.0, 31.0):  # each request reconnects: the clock moves past 0 s
+                clock.now += step
+                await fetch(pool, "/x")
+        assert pool.connections_opened == 3
+        assert lookups == ["api.example"] * 2  # fresh at +0 s and +30 s, stale at +61 s
+
+
 async def test_a_failed_lookup_falls_back_to_the_last_known_addresses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1592,3 +1630,22 @@ async def test_an_address_that_never_answers_is_raced_by_the_next(
         monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
         async with HttpPool("api.example", server.port, connect_timeout_s=3.0) as pool:
             assert (await fetch(pool, "/x")).body == echoed("/x")
+
+
+# -- transport-neutral errors -----------------------------------------------------------------
+
+
+def test_errors_are_described_without_url_queries() -> None:
+    assert describe_error(ConnectionClosed("gone")) == "ConnectionClosed: gone"
+    assert describe_error(OSError()) == "OSError: OSError"
+    leaky = ValueError("POST http://h/?Signature=abc&SecurityToken=t failed")
+    assert describe_error(leaky) == "ValueError: POST http://h/?<redacted>"
+
+
+def test_a_foreign_error_is_described_as_its_original() -> None:
+    original = ConnectionResetError(104, "reset by http://h/?Signature=abc")
+    try:
+        raise ForeignHttpError(original) from original
+    except HttpError as exc:
+        assert describe_error(exc) == describe_error(original)
+        assert "Signature" not in str(exc) and exc.__cause__ is original

@@ -47,6 +47,7 @@ def test_complete_answer_gives_one_presence_record_per_uid_in_batch_order() -> N
         {
             "type": "presence",
             "sweep": 7,
+            "api": "BatchGetOnlineUsers",
             "app_id": "app-1",
             "group_id": "group-1",
             "uid": uid,
@@ -178,6 +179,7 @@ def test_error_records_carry_api_error_details() -> None:
         assert _err(r) == {
             "type": "error",
             "sweep": 3,
+            "api": "BatchGetOnlineUsers",
             "app_id": "app-1",
             "group_id": "group-1",
             "uid": r["uid"],

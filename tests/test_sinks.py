@@ -18,6 +18,7 @@ def presence(uid: str, sweep: int = 1) -> PresenceRecord:
     return {
         "type": "presence",
         "sweep": sweep,
+        "api": "BatchGetOnlineUsers",
         "app_id": "app",
         "group_id": "group",
         "uid": uid,
@@ -32,6 +33,7 @@ def error(uid: str, message: str) -> ErrorRecord:
     return {
         "type": "error",
         "sweep": 1,
+        "api": "BatchGetOnlineUsers",
         "app_id": "app",
         "group_id": "group",
         "uid": uid,
@@ -45,6 +47,7 @@ def change(uid: str) -> ChangeRecord:
     return {
         "type": "change",
         "sweep": 2,
+        "api": "BatchGetOnlineUsers",
         "app_id": "app",
         "group_id": "group",
         "uid": uid,

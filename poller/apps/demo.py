@@ -8,12 +8,15 @@ retries, merging, all real), and prints who came online or went offline between 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import sys
 from datetime import UTC, datetime
 
 from poller.config import ApiConfig, CredentialsConfig, PollerConfig
-from poller.core.records import Target
+from poller.core.changes import ChangeTracker
+from poller.core.clock import system_clock
+from poller.core.records import ChangeRecord, Target
+from poller.core.stats import Totals
 from poller.emulator import EmulatorConfig, EmulatorServer
 from poller.emulator.state import GroupSpec
 from poller.engine.poller import Poller
@@ -36,13 +39,14 @@ async def run_demo(args: argparse.Namespace) -> int:
     target = Target("demo-app", "demo-group")
     emulator_config = EmulatorConfig(
         port=0,
-        groups=(GroupSpec(target.app_id, target.group_id, args.members),),
+        groups=(GroupSpec(target.app_id, target.group_id or "", args.members),),
         churn_per_s=args.churn,
         seed=args.seed,
     )
     # Members plus two IDs that show the other record kinds: a non-member and an invalid ID.
     uids = [f"user-{i:06d}" for i in range(1, args.members + 1)] + ["not-a-member", "bad,id"]
-    loop = asyncio.get_running_loop()
+    clock = system_clock()
+    totals = Totals()
     async with EmulatorServer(emulator_config) as emulator:
         config = PollerConfig(
             api=ApiConfig(endpoint=emulator.endpoint, protocol="http"),
@@ -52,54 +56,66 @@ async def run_demo(args: argparse.Namespace) -> int:
         )
         _out(f"emulator listening on {emulator.url} (group {target}, {args.members} members,")
         _out(f"  {args.churn:g} members flip online/offline per second; limit 100 requests/s)")
-        previous: dict[str, bool] = {}
-        totals = {"records": 0, "requests": 0, "retries": 0, "throttled": 0}
-        async with Poller(config) as poller:
-            next_start = loop.time()
+        tracker = ChangeTracker("changes")
+        async with Poller(config, clock=clock, on_attempt=totals.on_attempt) as poller:
+            next_start = clock.monotonic()
             for sweep in range(1, args.sweeps + 1):
-                await asyncio.sleep(max(0.0, next_start - loop.time()))
+                await clock.sleep(next_start - clock.monotonic())
                 next_start += args.interval
-                current: dict[str, bool] = {}
-                joined: dict[str, int] = {}
-                errors: list[str] = []
-                async for record in poller.sweep(target, uids):
-                    if record["type"] == "presence":
-                        current[record["uid"]] = record["online"]
-                        joined[record["uid"]] = record["join_time"]
-                    elif record["type"] == "error":
-                        errors.append(f"{record['uid']!r}: {record['code']} ({record['message']})")
-                stats = poller.last
-                assert stats is not None
-                for key in totals:
-                    totals[key] += stats.records_total if key == "records" else getattr(stats, key)
-                online = sum(current.values())
-                rate = len(uids) / stats.duration_s if stats.duration_s else 0.0
-                _out()
-                _out(
-                    f"sweep {sweep}: {stats.records_total} records in {stats.duration_s:.2f} s "
-                    f"({rate:,.0f} UIDs/s), {online} online"
-                )
-                if sweep == 1:
-                    for line in errors:
-                        _out(f"  error record {line}")
-                    previous = current
-                    continue
-                came = sorted(u for u, on in current.items() if on and not previous.get(u))
-                went = sorted(u for u, on in current.items() if not on and previous.get(u))
-                _out(f"  {len(came)} came online, {len(went)} went offline")
-                for uid in came[:SHOW]:
-                    _out(f"  + {uid} online since {_clock(joined[uid])}")
-                for uid in went[:SHOW]:
-                    _out(f"  - {uid} went offline")
-                previous = current
+                await _demo_sweep(poller, tracker, target, uids, totals, first=sweep == 1)
         server = emulator.stats()["total"]
     _out()
     _out(
-        f"done: {totals['records']} records from {totals['requests']} requests "
-        f"({totals['retries']} retries, {totals['throttled']} throttled by the emulator);"
+        f"done: {totals.records} records from {totals.requests} requests "
+        f"({totals.retries} retries, {totals.throttled} throttled by the emulator);"
     )
     _out(
         f"emulator saw at most {server['max_requests_in_any_1s_window']} requests in any "
         f"1-second window (limit 100)."
     )
     return 0
+
+
+async def _demo_sweep(
+    poller: Poller,
+    tracker: ChangeTracker,
+    target: Target,
+    uids: list[str],
+    totals: Totals,
+    *,
+    first: bool,
+) -> None:
+    """One sweep, its changes (from :class:`ChangeTracker`) printed."""
+    changes: list[ChangeRecord] = []
+    errors: list[str] = []
+    async with contextlib.aclosing(poller.sweep_batches([(target, uids)])) as batches:
+        async for records in batches:
+            for record in tracker.process(records):
+                if record["type"] == "change":
+                    changes.append(record)
+                elif record["type"] == "error":
+                    errors.append(f"{record['uid']!r}: {record['code']} ({record['message']})")
+    stats = poller.last
+    assert stats is not None
+    online = tracker.end_sweep(stats.sweep, {target.key})[target.key]
+    totals.on_sweep(stats, len(changes))
+    rate = len(uids) / stats.duration_s if stats.duration_s else 0.0
+    _out()
+    _out(
+        f"sweep {stats.sweep}: {stats.records_total} records in {stats.duration_s:.2f} s "
+        f"({rate:,.0f} UIDs/s), {online} online"
+    )
+    if first:
+        for line in errors:
+            _out(f"  error record {line}")
+        return
+    came = sorted(
+        (c for c in changes if c["online"] and c["previous_online"] is False),
+        key=lambda c: c["uid"],
+    )
+    went = sorted((c for c in changes if not c["online"]), key=lambda c: c["uid"])
+    _out(f"  {len(came)} came online, {len(went)} went offline")
+    for change in came[:SHOW]:
+        _out(f"  + {change['uid']} online since {_clock(change['join_time'] or 0)}")
+    for change in went[:SHOW]:
+        _out(f"  - {change['uid']} went offline")

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from poller.core.records import Target
-from poller.engine.poller import SweepStats
+from poller.core.clock import Clock, system_clock
+from poller.core.records import TargetKey
+from poller.core.stats import Attempt, SweepStats
 
 __all__ = ["HealthServer", "Metrics", "Readiness"]
 
@@ -36,7 +35,10 @@ _SWEEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0
 class Metrics:
     """The daemon's metrics; also the pipeline's :class:`~poller.engine.poller.Observer`."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, clock: Clock | None = None
+    ) -> None:
+        self._clock = clock or system_clock()
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -92,29 +94,26 @@ class Metrics:
             registry=r,
         )
 
-    # Observer hooks
-    def request_done(self, outcome: str, duration_s: float) -> None:
-        self.requests.labels(outcome).inc()
-        self.request_duration.observe(duration_s)
-        if outcome == "throttled":
+    def on_attempt(self, event: Attempt) -> None:
+        """Every request attempt, discovery included (an :data:`AttemptListener`)."""
+        self.requests.labels(event.outcome).inc()
+        self.request_duration.observe(event.duration_s)
+        self.rate_wait.observe(event.rate_wait_s)
+        if event.throttled:
             self.throttled.inc()
+        if event.retry_of is not None:
+            self.retries.labels(event.retry_of).inc()
 
-    def retried(self, reason: str) -> None:
-        self.retries.labels(reason).inc()
-
-    def rate_waited(self, seconds: float) -> None:
-        self.rate_wait.observe(seconds)
-
-    def sweep_done(self, stats: SweepStats, online: dict[Target, int], changes: int) -> None:
+    def sweep_done(self, stats: SweepStats, online: dict[TargetKey, int], changes: int) -> None:
         self.sweeps.inc()
         self.sweep_duration.observe(stats.duration_s)
         for status, count in stats.records.items():
             self.uids.labels(status).inc(count)
-        for target, count in online.items():
-            self.online.labels(target.app_id, target.group_id).set(count)
+        for (_, app_id, group_id), count in online.items():
+            self.online.labels(app_id, group_id or "").set(count)
         self.changes.inc(changes)
         self.connections.inc(stats.connections_opened)
-        self.last_sweep.set(time.time())
+        self.last_sweep.set(self._clock.time())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -151,7 +150,7 @@ class HealthServer:
         metrics: Metrics,
         readiness: Readiness,
         *,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         max_lag_s: float = 5.0,
     ) -> None:
         host, _, port = listen.rpartition(":")
@@ -159,7 +158,7 @@ class HealthServer:
         self._port = int(port)
         self._metrics = metrics
         self._readiness = readiness
-        self._monotonic = monotonic
+        self._clock = clock or system_clock()
         self._max_lag = max_lag_s
         self._lag = 0.0
         self._runner: web.AppRunner | None = None
@@ -196,12 +195,12 @@ class HealthServer:
     async def _tick(self) -> None:
         interval = 0.5
         while True:
-            before = self._monotonic()
-            await asyncio.sleep(interval)
-            self._lag = max(0.0, self._monotonic() - before - interval)
+            before = self._clock.monotonic()
+            await self._clock.sleep(interval)
+            self._lag = max(0.0, self._clock.monotonic() - before - interval)
 
     async def _metrics_view(self, request: web.Request) -> web.Response:
-        ok, _ = self._readiness.check(self._monotonic())
+        ok, _ = self._readiness.check(self._clock.monotonic())
         self._metrics.ready.set(1 if ok else 0)
         return web.Response(
             body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -218,7 +217,7 @@ class HealthServer:
         )
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ok, reason = self._readiness.check(self._monotonic())
+        ok, reason = self._readiness.check(self._clock.monotonic())
         self._metrics.ready.set(1 if ok else 0)
         return web.json_response(
             {"status": "ready" if ok else "not ready", "reason": reason},

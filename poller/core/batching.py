@@ -17,8 +17,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
-from poller.core.records import Batch, Target
-from poller.core.seen import SeenSet
+from .records import Batch, Target
+from .seen import SeenSet
 
 __all__ = ["COMPACT_AFTER", "MAX_BATCH", "Batcher", "Rejected", "invalid_reason"]
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from poller.core.records import ChangeRecord, Record, Target
+from .records import ChangeRecord, Record, TargetKey, change_record, target_key
 
 __all__ = ["ChangeTracker"]
 
 
 class ChangeTracker:
-    """Per-target memory of ``uid -> (online, join_time, sweep)``."""
+    """Per-target memory of ``uid -> (online, join_time, sweep)``, keyed by the target's
+    identity (API, app, group)."""
 
     def __init__(self, emit: Literal["changes", "all"] = "changes") -> None:
         self.emit = emit
-        self._state: dict[Target, dict[str, tuple[bool, int, int]]] = {}
-        self._first_sweep: dict[Target, int] = {}
+        self._state: dict[TargetKey, dict[str, tuple[bool, int | None, int]]] = {}
+        self._first_sweep: dict[TargetKey, int] = {}
         self.changes = 0
 
     def process(self, records: list[Record]) -> list[Record]:
@@ -30,12 +31,12 @@ class ChangeTracker:
         emit_all = self.emit == "all"
         for rec in records:
             if rec["type"] == "presence":
-                target = Target(rec["app_id"], rec["group_id"])
-                states = self._state.get(target)
+                key = target_key(rec)
+                states = self._state.get(key)
                 if states is None:
-                    states = self._state[target] = {}
-                    self._first_sweep[target] = rec["sweep"]
-                first = self._first_sweep[target] == rec["sweep"]
+                    states = self._state[key] = {}
+                    self._first_sweep[key] = rec["sweep"]
+                first = self._first_sweep[key] == rec["sweep"]
                 uid, online, join_time = rec["uid"], rec["online"], rec["join_time"]
                 prev = states.get(uid)
                 states[uid] = (online, join_time, rec["sweep"])
@@ -46,21 +47,10 @@ class ChangeTracker:
                 changed = prev is not None and (prev[0] != online or prev[1] != join_time)
                 if changed or (prev is None and not first and not emit_all):
                     self.changes += 1
-                    change: ChangeRecord = {
-                        "type": "change",
-                        "sweep": rec["sweep"],
-                        "app_id": rec["app_id"],
-                        "group_id": rec["group_id"],
-                        "uid": uid,
-                        "online": online,
-                        "previous_online": None if prev is None else prev[0],
-                        "join_time": join_time,
-                        "polled_at": rec["polled_at"],
-                    }
+                    change: ChangeRecord = change_record(rec, None if prev is None else prev[0])
                     out.append(change)
             elif rec["type"] == "error":
-                target = Target(rec["app_id"], rec["group_id"])
-                states = self._state.get(target)
+                states = self._state.get(target_key(rec))
                 if states is not None and rec["uid"] in states:
                     online, join_time, _ = states[rec["uid"]]
                     states[rec["uid"]] = (online, join_time, rec["sweep"])  # keep, not forget
@@ -69,16 +59,16 @@ class ChangeTracker:
                 out.append(rec)
         return out
 
-    def end_sweep(self, sweep: int, targets: set[Target]) -> dict[Target, int]:
+    def end_sweep(self, sweep: int, targets: set[TargetKey]) -> dict[TargetKey, int]:
         """Forget UIDs (and targets) not seen in ``sweep``; return online counts per target."""
-        for target in list(self._state):
-            if target not in targets:
-                del self._state[target]
-                del self._first_sweep[target]
-        online: dict[Target, int] = {}
-        for target, states in self._state.items():
+        for key in list(self._state):
+            if key not in targets:
+                del self._state[key]
+                del self._first_sweep[key]
+        online: dict[TargetKey, int] = {}
+        for key, states in self._state.items():
             stale = [uid for uid, (_, _, s) in states.items() if s != sweep]
             for uid in stale:
                 del states[uid]
-            online[target] = sum(1 for on, _, _ in states.values() if on)
+            online[key] = sum(1 for on, _, _ in states.values() if on)
         return online

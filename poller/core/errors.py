@@ -46,6 +46,7 @@ __all__ = [
     "ThrottledError",
     "TransportError",
     "UnknownApiError",
+    "collapse",
     "error_for_response",
     "transient_status",
 ]
@@ -260,3 +261,21 @@ def error_for_response(
         request_id=request_id,
         retry_after_s=retry_after_s,
     )
+
+
+def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error that explains a failed task group, instead of its exception group: the
+    only leaf, else the first :class:`PollerError` among the leaves, else the group."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    if len(leaves) == 1:
+        return leaves[0]
+    return next((e for e in leaves if isinstance(e, PollerError)), group)

@@ -11,8 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from poller.core.errors import MalformedResponse, PollerError
-from poller.core.records import Batch, ErrorRecord, PresenceRecord, Record
+from .errors import MalformedResponse
+from .records import (
+    MISSING_IN_RESPONSE,
+    Batch,
+    Record,
+    error_record,
+    error_records,
+    presence_record,
+)
 
 __all__ = ["MergeCounts", "error_records", "merge_answer", "validate_answer"]
 
@@ -70,78 +77,39 @@ def merge_answer(
             http_status=200,
             request_id=request_id,
         )
-    app_id, group_id = batch.target.app_id, batch.target.group_id
+    target = batch.target
     out: list[Record] = []
     missing = 0
     for uid in batch.uids:
         found = by_uid.get(uid)
         if found is None:
             missing += 1
-            error: ErrorRecord = {
-                "type": "error",
-                "sweep": sweep,
-                "app_id": app_id,
-                "group_id": group_id,
-                "uid": uid,
-                "code": "MissingInResponse",
-                "message": "the answer did not include this user ID",
-                "polled_at": polled_at,
-                "request_id": request_id,
-            }
-            out.append(error)
+            out.append(
+                error_record(
+                    target,
+                    uid,
+                    MISSING_IN_RESPONSE,
+                    "the answer did not include this user ID",
+                    sweep=sweep,
+                    polled_at=polled_at,
+                    request_id=request_id,
+                )
+            )
         else:
-            presence: PresenceRecord = {
-                "type": "presence",
-                "sweep": sweep,
-                "app_id": app_id,
-                "group_id": group_id,
-                "uid": uid,
-                "online": found[0],
-                "join_time": found[1],
-                "polled_at": polled_at,
-                "request_id": request_id,
-            }
-            out.append(presence)
+            out.append(
+                presence_record(
+                    target,
+                    uid,
+                    found[0],
+                    found[1],
+                    sweep=sweep,
+                    polled_at=polled_at,
+                    request_id=request_id,
+                )
+            )
     if counts is not None:
         counts.missing += missing
         counts.duplicated += len(online_users) - len(by_uid)
         # Batch UIDs are distinct, so the keys of by_uid are the matched ones plus the extras.
         counts.extra += len(by_uid) - (len(batch.uids) - missing)
-    return out
-
-
-def error_records(
-    batch: Batch,
-    error: PollerError | None,
-    *,
-    sweep: int,
-    polled_at: int,
-    attempts: int | None = None,
-    code: str | None = None,
-    message: str | None = None,
-) -> list[Record]:
-    """One error record per UID of ``batch``, carrying the cloud's code/status when known."""
-    code = code or (error.code if error is not None else "Error")
-    message = message or (error.message if error is not None else "")
-    http_status = getattr(error, "http_status", None)
-    request_id = getattr(error, "request_id", None)
-    out: list[Record] = []
-    for uid in batch.uids:
-        rec = ErrorRecord(
-            type="error",
-            sweep=sweep,
-            app_id=batch.target.app_id,
-            group_id=batch.target.group_id,
-            uid=uid,
-            code=code,
-            message=message,
-            polled_at=polled_at,
-        )
-        if isinstance(http_status, int):
-            rec["http_status"] = http_status
-        if isinstance(request_id, str) and request_id:
-            rec["request_id"] = request_id
-        if attempts is not None:
-            rec["attempts"] = attempts
-        out.append(rec)
     return out

@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from poller.core.clock import Clock, LoopClock
+from .clock import Clock, system_clock
 
 __all__ = ["PacedRateLimiter", "RateMeter", "RateStats"]
 
@@ -73,23 +73,16 @@ class PacedRateLimiter:
         max_pause_s: float = 10.0,
         isolated_s: float = 5.0,
     ) -> None:
-        if qps <= 0:
-            raise ValueError("qps must be > 0")
-        self._clock = clock or LoopClock()
+        self._clock = clock or system_clock()
         self._window = window_s
-        self._margin = margin_s
-        # qps per window, e.g. 100 requests in any 1 s; fractional budgets round down.
-        self._limit = max(1, math.floor(qps * window_s))
-        self._max_rate = self._limit / (window_s + margin_s)
-        self._rate = self._max_rate
-        self._min_rate = self._max_rate * min_fraction
-        self._adaptive = adaptive
         self._decrease = decrease
-        self._recovery = recovery_per_s * self._max_rate
+        self._recovery_per_s = recovery_per_s
+        self._min_fraction = min_fraction
         self._max_pause = max_pause_s
         self._isolated_s = isolated_s
         self._last_throttle = -math.inf
-        self._granted_at: deque[float] = deque(maxlen=self._limit)
+        self._granted_at: deque[float] = deque(maxlen=1)
+        self.reconfigure(qps, margin_s=margin_s, adaptive=adaptive)
         self._next_due = -math.inf
         self._paused_until = -math.inf
         self._cooldown_until = -math.inf
@@ -99,6 +92,25 @@ class PacedRateLimiter:
         self._wait_total = 0.0
         self._throttle_events = 0
         self._decreases = 0
+
+    def reconfigure(
+        self, qps: float, *, margin_s: float | None = None, adaptive: bool = True
+    ) -> None:
+        """A new budget, keeping the grants already made: the window guard then holds across
+        the change (a lower ``qps`` waits for the newest grants to age, a higher one does not
+        burst beyond what the window allows)."""
+        if qps <= 0:
+            raise ValueError("qps must be > 0")
+        if margin_s is not None:
+            self._margin = margin_s
+        # qps per window, e.g. 100 requests in any 1 s; fractional budgets round down.
+        self._limit = max(1, math.floor(qps * self._window))
+        self._max_rate = self._limit / (self._window + self._margin)
+        self._rate = self._max_rate
+        self._min_rate = self._max_rate * self._min_fraction
+        self._recovery = self._recovery_per_s * self._max_rate
+        self._adaptive = adaptive
+        self._granted_at = deque(self._granted_at, maxlen=self._limit)
 
     @property
     def rate(self) -> float:

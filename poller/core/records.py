@@ -1,38 +1,103 @@
-"""Records poller emits (JSON Lines, one object per line) and the batch they come from.
+"""Records poller emits (JSON Lines, one object per line), the batch they come from, the local
+record codes, and the only functions that build records.
 
 Records are plain ``TypedDict`` s: dicts at run time (cheap to build, serialised by orjson
 without a conversion step), precisely typed for mypy. Times are epoch milliseconds, UTC.
+
+A target is identified by its API, app and group (:attr:`Target.key`); records carry all three,
+so state, sinks and the fleet can key on the full identity whatever backend answered.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, NotRequired, TypeAlias, TypedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal, NotRequired, TypeAlias, TypedDict
+
+if TYPE_CHECKING:
+    from .errors import PollerError
 
 __all__ = [
+    "API_ACTIONS",
+    "APP_WIDE_ACTIONS",
+    "CANCELLED",
+    "DEADLINE_EXCEEDED",
+    "INVALID_USER_ID",
+    "LEGACY_API",
+    "MISSING_IN_RESPONSE",
     "Batch",
     "ChangeRecord",
     "ErrorRecord",
     "PresenceRecord",
     "Record",
     "Target",
+    "TargetKey",
+    "change_record",
+    "error_record",
+    "error_records",
+    "presence_record",
+    "target_key",
 ]
+
+#: The legacy presence action, the default of every target.
+LEGACY_API: Final = "BatchGetOnlineUsers"
+#: Presence actions a target may name.
+API_ACTIONS: Final = frozenset(
+    {LEGACY_API, "CheckLiveMessageUsersInGroup", "CheckLiveMessageUsersOnline"}
+)
+#: Actions that ask about a whole app: their targets have no group.
+APP_WIDE_ACTIONS: Final = frozenset({"CheckLiveMessageUsersOnline"})
+
+# Local record codes (the cloud's own ``Code`` strings are used as they come).
+#: A user ID that is never sent: empty, a ``,``, control characters, too long, undecodable.
+INVALID_USER_ID: Final = "InvalidUserId"
+#: The answer left this user ID out (after one re-poll).
+MISSING_IN_RESPONSE: Final = "MissingInResponse"
+#: Not sent, or cancelled in flight, because poller is stopping.
+CANCELLED: Final = "Cancelled"
+#: Not polled before the sweep's deadline.
+DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+
+TargetKey: TypeAlias = tuple[str, str, str | None]
+"""``(api, app_id, group_id)``: what identifies a target in state, sinks and the fleet."""
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One message group of one interactive-messaging app."""
+    """One message group of one interactive-messaging app, and the API that asks about it.
+
+    ``group_id`` is ``None`` for app-wide actions. ``data_center`` (``DataCenter`` of the newer
+    API family) routes the call but is not part of the identity: an app lives in one data
+    center.
+    """
 
     app_id: str
-    group_id: str
+    group_id: str | None = None
+    api: str = LEGACY_API
+    data_center: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.app_id:
+            raise ValueError("a target needs an app_id")
+        if self.api not in API_ACTIONS:
+            raise ValueError(f"unknown API {self.api!r}; one of {', '.join(sorted(API_ACTIONS))}")
+        if self.api in APP_WIDE_ACTIONS:
+            if self.group_id is not None:
+                raise ValueError(f"{self.api} asks about a whole app: a target has no group_id")
+        elif not self.group_id:
+            raise ValueError(f"{self.api} needs a group_id")
+
+    @property
+    def key(self) -> TargetKey:
+        return (self.api, self.app_id, self.group_id)
 
     def __str__(self) -> str:
-        return f"{self.app_id}/{self.group_id}"
+        where = f"{self.app_id}/{self.group_id}" if self.group_id is not None else self.app_id
+        return where if self.api == LEGACY_API else f"{self.api}:{where}"
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """At most 20 distinct, valid user IDs of one target, polled with one request."""
+    """Distinct, valid user IDs of one target (at most the API's batch size), one request."""
 
     target: Target
     uids: tuple[str, ...]
@@ -41,11 +106,12 @@ class Batch:
 class PresenceRecord(TypedDict):
     type: Literal["presence"]
     sweep: int
+    api: str
     app_id: str
-    group_id: str
+    group_id: str | None
     uid: str
     online: bool
-    join_time: int
+    join_time: int | None
     polled_at: int
     request_id: str
 
@@ -53,8 +119,9 @@ class PresenceRecord(TypedDict):
 class ErrorRecord(TypedDict):
     type: Literal["error"]
     sweep: int
+    api: str
     app_id: str
-    group_id: str
+    group_id: str | None
     uid: str
     code: str
     message: str
@@ -67,13 +134,122 @@ class ErrorRecord(TypedDict):
 class ChangeRecord(TypedDict):
     type: Literal["change"]
     sweep: int
+    api: str
     app_id: str
-    group_id: str
+    group_id: str | None
     uid: str
     online: bool
     previous_online: bool | None
-    join_time: int
+    join_time: int | None
     polled_at: int
 
 
 Record: TypeAlias = PresenceRecord | ErrorRecord | ChangeRecord
+
+
+def target_key(record: Record) -> TargetKey:
+    """The identity of the target a record belongs to."""
+    return (record["api"], record["app_id"], record["group_id"])
+
+
+def presence_record(
+    target: Target,
+    uid: str,
+    online: bool,
+    join_time: int | None,
+    *,
+    sweep: int,
+    polled_at: int,
+    request_id: str,
+) -> PresenceRecord:
+    return {
+        "type": "presence",
+        "sweep": sweep,
+        "api": target.api,
+        "app_id": target.app_id,
+        "group_id": target.group_id,
+        "uid": uid,
+        "online": online,
+        "join_time": join_time,
+        "polled_at": polled_at,
+        "request_id": request_id,
+    }
+
+
+def error_record(
+    target: Target,
+    uid: str,
+    code: str,
+    message: str,
+    *,
+    sweep: int,
+    polled_at: int,
+    http_status: int | None = None,
+    request_id: str | None = None,
+    attempts: int | None = None,
+) -> ErrorRecord:
+    record: ErrorRecord = {
+        "type": "error",
+        "sweep": sweep,
+        "api": target.api,
+        "app_id": target.app_id,
+        "group_id": target.group_id,
+        "uid": uid,
+        "code": code,
+        "message": message,
+        "polled_at": polled_at,
+    }
+    if http_status is not None:
+        record["http_status"] = http_status
+    if request_id:
+        record["request_id"] = request_id
+    if attempts is not None:
+        record["attempts"] = attempts
+    return record
+
+
+def error_records(
+    batch: Batch,
+    error: PollerError | None,
+    *,
+    sweep: int,
+    polled_at: int,
+    attempts: int | None = None,
+    code: str | None = None,
+    message: str | None = None,
+) -> list[Record]:
+    """One error record per UID of ``batch``, carrying the cloud's code/status when known."""
+    code = code or (error.code if error is not None else "Error")
+    message = message or (error.message if error is not None else "")
+    http_status = getattr(error, "http_status", None)
+    request_id = getattr(error, "request_id", None)
+    return [
+        error_record(
+            batch.target,
+            uid,
+            code,
+            message,
+            sweep=sweep,
+            polled_at=polled_at,
+            http_status=http_status if isinstance(http_status, int) else None,
+            request_id=request_id if isinstance(request_id, str) else None,
+            attempts=attempts,
+        )
+        for uid in batch.uids
+    ]
+
+
+def change_record(presence: PresenceRecord, previous_online: bool | None) -> ChangeRecord:
+    """The change a presence record shows against the UID's previous state."""
+    return {
+        "type": "change",
+        "sweep": presence["sweep"],
+        "api": presence["api"],
+        "app_id": presence["app_id"],
+        "group_id": presence["group_id"],
+        "uid": presence["uid"],
+        "online": presence["online"],
+        "previous_online": previous_online,
+        "join_time": presence["join_time"],
+        "polled_at": presence["polled_at"],
+    }

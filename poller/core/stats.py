@@ -1,12 +1,19 @@
-"""Counters of a sweep, the observer hooks metrics plug into, and attempt outcome labels."""
+"""What happened, counted once: one frozen :class:`Attempt` event per request attempt, and the
+counters fed from those events.
+
+The retry loop (:mod:`poller.core.retry`) emits an :class:`Attempt` for every request it
+makes, batches and discovery pages alike. Everything that counts requests listens to those
+events: a sweep's :class:`SweepStats`, the daemon's :class:`Totals` and the Prometheus metrics,
+so a request, a retry or a throttle is counted in exactly one place.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from poller.core.errors import (
+from .errors import (
     AttemptTimeout,
     AuthError,
     InvalidRequestError,
@@ -17,9 +24,66 @@ from poller.core.errors import (
     ThrottledError,
     TransportError,
 )
-from poller.core.merge import MergeCounts
+from .merge import MergeCounts
+from .records import Record
 
-__all__ = ["Observer", "SweepStats", "outcome_of"]
+__all__ = ["Attempt", "AttemptListener", "SweepStats", "Totals", "outcome_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One request attempt, after its answer (or failure) is known."""
+
+    #: The API action called, e.g. ``BatchGetOnlineUsers`` or ``ListMessageGroupUser``.
+    action: str
+    #: 1 for a first attempt; retries count on.
+    number: int
+    #: Low-cardinality result label (see :func:`outcome_of`): ``ok``, ``throttled``, ...
+    outcome: str
+    #: Seconds from sending to a parsed answer or an error.
+    duration_s: float
+    #: Seconds this attempt waited for its rate slot.
+    rate_wait_s: float
+    #: Why this attempt was made again (the previous attempt's code), ``None`` for a first one.
+    retry_of: str | None = None
+    #: The error, ``None`` when the attempt succeeded.
+    error: PollerError | None = None
+    #: The sweep it belongs to; ``None`` outside a sweep (discovery).
+    sweep: int | None = None
+
+    @property
+    def throttled(self) -> bool:
+        return isinstance(self.error, ThrottledError)
+
+    @property
+    def forbidden(self) -> bool:
+        return isinstance(self.error, PermissionDenied)
+
+
+AttemptListener = Callable[[Attempt], None]
+"""Called on the event loop for every attempt; keep it cheap."""
+
+
+def outcome_of(error: PollerError | None) -> str:
+    """A low-cardinality label for one attempt's result."""
+    if error is None:
+        return "ok"
+    for cls, name in _OUTCOMES:
+        if isinstance(error, cls):
+            return name
+    return "server_error" if error.retriable else "client_error"
+
+
+_OUTCOMES: tuple[tuple[type[PollerError], str], ...] = (
+    (ThrottledError, "throttled"),
+    (AuthError, "auth_error"),
+    (PermissionDenied, "forbidden"),
+    (InvalidRequestError, "invalid_request"),
+    (NonceReusedError, "nonce_reused"),
+    (AttemptTimeout, "timeout"),
+    (TransportError, "connection_error"),
+    (MalformedResponse, "malformed"),
+)
 
 
 @dataclass(slots=True)
@@ -44,6 +108,29 @@ class SweepStats:
     merge: MergeCounts = field(default_factory=MergeCounts)
     fatal: PollerError | None = None
     stopped: bool = False
+
+    def on_attempt(self, event: Attempt) -> None:
+        self.requests += 1
+        if event.retry_of is not None:
+            self.retries += 1
+        elif event.number == 1:
+            self.first_attempts += 1
+        if event.throttled:
+            self.throttled += 1
+        if event.forbidden:
+            self.forbidden_requests += 1
+
+    def count_records(self, records: list[Record]) -> None:
+        """Count records by status: ``presence`` or the error code (change records by type)."""
+        counts = self.records
+        presence = 0
+        for record in records:
+            if record["type"] == "presence":
+                presence += 1
+            else:
+                counts[record["code"] if record["type"] == "error" else record["type"]] += 1
+        if presence:
+            counts["presence"] += presence
 
     @property
     def records_total(self) -> int:
@@ -72,33 +159,28 @@ class SweepStats:
         }
 
 
-class Observer(Protocol):
-    """Hooks for metrics; called on the event loop, so keep them cheap."""
+@dataclass(slots=True)
+class Totals:
+    """Running totals of a long-lived poller (the daemon's "stopped" line): every attempt,
+    discovery included, and every finished sweep."""
 
-    def request_done(self, outcome: str, duration_s: float) -> None: ...
+    sweeps: int = 0
+    records: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    changes: int = 0
+    failed_batches: int = 0
 
-    def retried(self, reason: str) -> None: ...
+    def on_attempt(self, event: Attempt) -> None:
+        self.requests += 1
+        if event.retry_of is not None:
+            self.retries += 1
+        if event.throttled:
+            self.throttled += 1
 
-    def rate_waited(self, seconds: float) -> None: ...
-
-
-def outcome_of(error: PollerError | None) -> str:
-    """A low-cardinality label for one attempt's result."""
-    if error is None:
-        return "ok"
-    for cls, name in _OUTCOMES:
-        if isinstance(error, cls):
-            return name
-    return "server_error" if error.retriable else "client_error"
-
-
-_OUTCOMES: tuple[tuple[type[PollerError], str], ...] = (
-    (ThrottledError, "throttled"),
-    (AuthError, "auth_error"),
-    (PermissionDenied, "forbidden"),
-    (InvalidRequestError, "invalid_request"),
-    (NonceReusedError, "nonce_reused"),
-    (AttemptTimeout, "timeout"),
-    (TransportError, "connection_error"),
-    (MalformedResponse, "malformed"),
-)
+    def on_sweep(self, stats: SweepStats, changes: int) -> None:
+        self.sweeps += 1
+        self.records += stats.records_total
+        self.changes += changes
+        self.failed_batches += stats.batches_failed

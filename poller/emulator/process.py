@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from poller.config import ApiConfig, CredentialsConfig, PollerConfig
+from poller.config import ApiConfig, CredentialsConfig, PollerConfig, render_toml
 
 __all__ = ["EmulatorProcess"]
 
@@ -186,7 +186,7 @@ class EmulatorProcess:
     def poller_config(
         self, key_id: str = "demo-key", secret: str = "demo-secret", **changes: Any
     ) -> PollerConfig:
-        """A config pointing at this emulator over plain HTTP."""
+        """A config pointing at this emulator, over HTTPS (trusting ``ca_file``) or HTTP."""
         return PollerConfig(
             api=ApiConfig(
                 endpoint=self.endpoint,
@@ -198,8 +198,10 @@ class EmulatorProcess:
         )
 
     def config_toml(self, key_id: str = "demo-key", secret: str = "demo-secret") -> str:
-        """The same as TOML text, for the CLI."""
-        return (
-            f'[api]\nendpoint = "{self.endpoint}"\nprotocol = "http"\n\n'
-            f'[credentials]\naccess_key_id = "{key_id}"\naccess_key_secret = "{secret}"\n'
+        """The ``[api]`` and ``[credentials]`` tables of :meth:`poller_config` as TOML text, for
+        the CLI; append the other tables (``[daemon]``, ``[[targets]]``, ...) to it."""
+        return render_toml(
+            self.poller_config(key_id, secret),
+            mask_secrets=False,
+            sections=("api", "credentials"),
         )

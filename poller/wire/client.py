@@ -8,7 +8,11 @@ requests (``[api] transport``):
     :class:`poller.wire.http.HttpPool`, a lean HTTP/1.1 keep-alive client for the one endpoint; it
     costs a fraction of a general-purpose client's CPU per request.
 ``aiohttp``
-    an ``aiohttp.ClientSession``; also used when a session is passed in.
+    an ``aiohttp.ClientSession`` (:mod:`poller.wire.aiohttp_transport`, imported only when
+    chosen); also used when a session is passed in.
+
+Each transport raises only transport-neutral errors (:class:`poller.wire.http.HttpError` and its
+subclasses, ``OSError``, ``TimeoutError``), so this module never imports aiohttp.
 
 Neither re-sends a request by itself (requests are POST with a form body, which aiohttp never
 replays; the builtin transport never replays anything), so every attempt on the wire is one we
@@ -20,17 +24,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from poller.config import ApiConfig
+from poller.core.clock import Clock, system_clock
 from poller.core.errors import (
     AttemptTimeout,
     ConfigError,
@@ -39,8 +41,9 @@ from poller.core.errors import (
     error_for_response,
 )
 from poller.core.records import Batch
-from poller.wire.http import ConnectTimeout, HttpError, HttpPool
-from poller.wire.signing import (
+
+from .http import ConnectTimeout, HttpError, HttpPool, describe_error
+from .signing import (
     API_VERSION,
     DEFAULT_USER_AGENT,
     SignedRequest,
@@ -50,6 +53,9 @@ from poller.wire.signing import (
     sign_v3,
     timestamp_at,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["BatchFetcher", "LiveClient", "OnlineUsersAnswer"]
 
@@ -81,14 +87,6 @@ def _retry_after_s(headers: Mapping[str, str]) -> float | None:
     return value / 1000.0 if value > 0 else None
 
 
-def _describe(exc: BaseException) -> str:
-    """A transport error's text without any URL query (V1 puts the signature and token there)."""
-    text = str(exc) or type(exc).__name__
-    if "?" in text:
-        text = text.split("?", 1)[0] + "?<redacted>"
-    return f"{type(exc).__name__}: {text}"
-
-
 class _Transport(Protocol):
     async def post(
         self, target: str, headers: Mapping[str, str], body: bytes
@@ -118,7 +116,7 @@ def ssl_context_for(api: ApiConfig) -> ssl.SSLContext | None:
 
 
 class _BuiltinTransport:
-    def __init__(self, api: ApiConfig, max_connections: int) -> None:
+    def __init__(self, api: ApiConfig, max_connections: int, clock: Clock) -> None:
         host, port = _split_endpoint(api.endpoint, 443 if api.protocol == "https" else 80)
         self.pool = HttpPool(
             host,
@@ -126,6 +124,7 @@ class _BuiltinTransport:
             ssl_context=ssl_context_for(api),
             max_connections=max_connections,
             connect_timeout_s=api.connect_timeout_s or None,
+            clock=clock,
         )
 
     async def post(
@@ -136,45 +135,6 @@ class _BuiltinTransport:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
-
-
-class _AiohttpTransport:
-    def __init__(
-        self, api: ApiConfig, max_connections: int, session: aiohttp.ClientSession | None
-    ) -> None:
-        self._base = api.base_url.rstrip("/")
-        self._root = URL(api.base_url, encoded=True)  # V3's target, every request
-        self._owns_session = session is None
-        if session is None:
-            connector = aiohttp.TCPConnector(
-                limit=max_connections,
-                keepalive_timeout=15.0,
-                ttl_dns_cache=300,
-                ssl=ssl_context_for(api) or True,
-            )
-            # No session-wide total timeout: each attempt gets its own, started after the
-            # rate token is granted (aiohttp's total would include pool waits).
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=api.connect_timeout_s),
-                skip_auto_headers=("User-Agent",),
-                auto_decompress=True,
-            )
-        self.session = session
-
-    async def post(
-        self, target: str, headers: Mapping[str, str], body: bytes
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        url = self._root if target == "/" else URL(self._base + target, encoded=True)
-        # No redirects: following one would re-send the signed request with the same nonce.
-        async with self.session.post(
-            url, data=body, headers=headers, allow_redirects=False
-        ) as resp:
-            return resp.status, resp.headers, await resp.read()
-
-    async def aclose(self) -> None:
-        if self._owns_session:
-            await self.session.close()
 
 
 def _split_endpoint(endpoint: str, default_port: int) -> tuple[str, int]:
@@ -200,7 +160,9 @@ class LiveClient:
     """Calls the ApsaraVideo Live RPC API. Use as ``async with LiveClient(...) as client:``.
 
     ``session`` (an ``aiohttp.ClientSession`` the caller owns) selects the aiohttp transport
-    whatever ``api.transport`` says.
+    whatever ``api.transport`` says. ``clock`` (default
+    :func:`~poller.core.clock.system_clock`) dates the signatures (its ``time()``) and times the
+    builtin transport's idle connections and address cache (its ``monotonic()``).
     """
 
     def __init__(
@@ -210,14 +172,14 @@ class LiveClient:
         *,
         max_connections: int = 64,
         session: aiohttp.ClientSession | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self._api = api
         self._credentials = credentials
         self._max_connections = max(max_connections + 8, 16)
         self._session = session
         self._transport: _Transport | None = None
-        self._wall_clock = wall_clock
+        self._clock: Clock = clock if clock is not None else system_clock()
         self._user_agent = api.user_agent or DEFAULT_USER_AGENT
         self._host = api.endpoint
         self.attempts = 0
@@ -240,11 +202,20 @@ class LiveClient:
 
     async def __aenter__(self) -> Self:
         if self._transport is None:
-            if self.transport_name == "aiohttp":
-                self._transport = _AiohttpTransport(self._api, self._max_connections, self._session)
-            else:
-                self._transport = _BuiltinTransport(self._api, self._max_connections)
+            self._transport = self._open_transport()
         return self
+
+    def _open_transport(self) -> _Transport:
+        if self.transport_name == "builtin":
+            return _BuiltinTransport(self._api, self._max_connections, self._clock)
+        # Imported here, not at the top: only this transport needs aiohttp (and its import time).
+        from .aiohttp_transport import AiohttpTransport
+
+        if self._session is not None:
+            return AiohttpTransport(self._api.base_url, self._session)
+        return AiohttpTransport.with_own_session(
+            self._api, max_connections=self._max_connections, ssl_context=ssl_context_for(self._api)
+        )
 
     async def __aexit__(
         self,
@@ -260,7 +231,7 @@ class LiveClient:
             await transport.aclose()
 
     def _sign(self, action: str, params: Mapping[str, str]) -> tuple[str, SignedRequest]:
-        moment = timestamp_at(self._wall_clock())
+        moment = timestamp_at(self._clock.time())
         if self._api.signature == "v1":
             signed = sign_v1(
                 credentials=self._credentials,
@@ -295,8 +266,7 @@ class LiveClient:
         try:
             async with asyncio.timeout(self._api.timeout_s):
                 status, headers, body = await transport.post(target, signed.headers, signed.body)
-        except (ConnectTimeout, aiohttp.ConnectionTimeoutError) as exc:
-            # Before TimeoutError: aiohttp's connect timeout is one too. Same code either way.
+        except ConnectTimeout as exc:
             raise AttemptTimeout(
                 f"no connection to {self._host} within {self._api.connect_timeout_s:g} s",
                 code="Timeout",
@@ -305,8 +275,8 @@ class LiveClient:
             raise AttemptTimeout(
                 f"no complete answer within {self._api.timeout_s:g} s", code="Timeout"
             ) from exc
-        except (HttpError, aiohttp.ClientError, OSError) as exc:
-            raise TransportError(_describe(exc)) from exc
+        except (HttpError, OSError) as exc:
+            raise TransportError(describe_error(exc)) from exc
         return self._parse(status, headers, body)
 
     def _parse(

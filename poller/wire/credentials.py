@@ -22,7 +22,8 @@ from pathlib import Path
 
 from poller.config import CredentialsConfig
 from poller.core.errors import ConfigError, CredentialsNotFound
-from poller.wire.signing import SigningCredentials
+
+from .signing import SigningCredentials
 
 __all__ = ["mask", "resolve_credentials"]
 

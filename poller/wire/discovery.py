@@ -10,60 +10,51 @@ API with its own limit, and it must not eat the presence budget.
 from __future__ import annotations
 
 import logging
-import random
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from poller.core.clock import Clock
-from poller.core.errors import MalformedResponse, PollerError
+from poller.core.errors import MalformedResponse
 from poller.core.ratelimit import RateMeter
 from poller.core.records import Target
-from poller.core.retry import RetryPolicy
+from poller.core.retry import Retrier
 
-__all__ = ["MAX_PAGES", "PAGE_SIZE", "discover_members"]
+__all__ = ["LIST_ACTION", "MAX_PAGES", "PAGE_SIZE", "discover_members"]
 
 log = logging.getLogger("poller.discovery")
 
+LIST_ACTION = "ListMessageGroupUser"
 PAGE_SIZE = 50
 MAX_PAGES = 100_000  # the API's PageNum limit
 
 
 class _Caller(Protocol):
-    async def call(self, action: str, params: dict[str, str]) -> tuple[dict[str, object], str]: ...
+    async def call(self, action: str, params: Mapping[str, str]) -> tuple[dict[str, Any], str]: ...
 
 
 async def discover_members(
-    client: _Caller,
-    target: Target,
-    meter: RateMeter,
-    clock: Clock,
-    *,
-    policy: RetryPolicy | None = None,
-    rng: random.Random | None = None,
+    client: _Caller, target: Target, retrier: Retrier, meter: RateMeter
 ) -> list[str]:
-    """Every member's user ID (possibly with duplicates, never with gaps we could avoid)."""
-    policy = policy or RetryPolicy(max_attempts=4)
-    rng = rng or random.Random()
+    """Every member's user ID (possibly with duplicates, never with gaps we could avoid).
+
+    Each page goes through ``retrier`` (policy, budget, events) and pays ``meter``; a page
+    that still fails raises its error.
+    """
     members: list[str] = []
     for page in range(1, MAX_PAGES + 1):
         params = {
             "AppId": target.app_id,
-            "GroupId": target.group_id,
+            "GroupId": target.group_id or "",
             "PageNum": str(page),
             "PageSize": str(PAGE_SIZE),
             "SortType": "1",
         }
-        attempt = 0
-        while True:
-            attempt += 1
-            await meter.acquire()
-            try:
-                data, request_id = await client.call("ListMessageGroupUser", params)
-                users, has_more = _parse_page(data, request_id)
-                break
-            except PollerError as err:
-                if not policy.should_retry(err, attempt):
-                    raise
-                await clock.sleep(policy.backoff_s(err, attempt, rng))
+
+        async def fetch_page(params: dict[str, str] = params) -> tuple[list[str], bool]:
+            data, request_id = await client.call(LIST_ACTION, params)
+            return _parse_page(data, request_id)
+
+        outcome = await retrier.run(fetch_page, meter, action=LIST_ACTION)
+        users, has_more = outcome.unwrap()
         members.extend(users)
         if not has_more or not users:
             return members

@@ -31,7 +31,6 @@ import asyncio
 import socket
 import ssl
 import string
-import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,13 +38,17 @@ from typing import Any, Final, cast
 
 import aiohappyeyeballs
 
+from poller.core.clock import Clock, system_clock
+
 __all__ = [
     "BadResponse",
     "ConnectTimeout",
     "ConnectionClosed",
+    "ForeignHttpError",
     "HttpError",
     "HttpPool",
     "HttpResponse",
+    "describe_error",
     "encode_request",
 ]
 
@@ -69,7 +72,11 @@ AddrInfo = tuple[Any, Any, int, str, tuple[Any, ...]]
 
 
 class HttpError(Exception):
-    """No usable HTTP answer (besides ``OSError``, which the event loop raises as it is)."""
+    """No usable HTTP answer (besides ``OSError``, which the event loop raises as it is).
+
+    The transport-neutral failures: every transport of :mod:`poller.wire.client` raises these
+    (or ``OSError``, or ``TimeoutError``), never its own library's exceptions.
+    """
 
 
 class ConnectionClosed(HttpError):
@@ -82,6 +89,26 @@ class BadResponse(HttpError):
 
 class ConnectTimeout(HttpError):
     """No connection (TCP and TLS) within the connect timeout."""
+
+
+class ForeignHttpError(HttpError):
+    """Another HTTP client library's failure, translated: its message is the original's
+    :func:`describe_error` text (query redacted), and the original is its ``__cause__``
+    (raise it ``from`` the original)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(describe_error(original))
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"<type>: <text>"`` for a transport error, without any URL query (V1 puts the signature
+    and token there); a :class:`ForeignHttpError` is described as its original was."""
+    if isinstance(exc, ForeignHttpError):
+        return str(exc)
+    text = str(exc) or type(exc).__name__
+    if "?" in text:
+        text = text.split("?", 1)[0] + "?<redacted>"
+    return f"{type(exc).__name__}: {text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +178,25 @@ def _decode_body(encoding: str, body: bytes) -> bytes:
             return out
         raise BadResponse(f"body is not valid {encoding}")
     raise BadResponse(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _parse_header_lines(lines: list[str]) -> dict[str, str]:
+    """Header lines into lower-cased names; repeated headers are joined with ", "."""
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or "\n" in line:
+            raise BadResponse(f"malformed header line {line[:60]!r}")
+        name = name.lower()
+        value = value.strip(" \t")
+        if name in headers:
+            if name == "content-length" and headers[name] != value:
+                raise BadResponse("conflicting Content-Length headers")
+            if name != "content-length":
+                headers[name] += ", " + value
+        else:
+            headers[name] = value
+    return headers
 
 
 class _Connection(asyncio.Protocol):
@@ -285,23 +331,8 @@ class _Connection(asyncio.Protocol):
                 del buf[:n]
                 self._finish(body)
             elif state == _CHUNK_SIZE:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > 1024:
-                        raise BadResponse("chunk size line too long")
+                if not self._parse_chunk_size():
                     return
-                line = bytes(buf[:end]).split(b";", 1)[0].strip(b" \t")
-                del buf[: end + 2]
-                if not line or len(line) > 16 or not _HEX_DIGITS.issuperset(line):
-                    raise BadResponse(f"bad chunk size {line[:20]!r}")
-                size = int(line, 16)
-                if size == 0:
-                    self._state = _TRAILERS
-                else:
-                    if len(self._chunked) + size > MAX_BODY_BYTES:
-                        raise BadResponse(f"body over {MAX_BODY_BYTES} bytes")
-                    self._remaining = size
-                    self._state = _CHUNK_DATA
             elif state == _CHUNK_DATA:
                 n = self._remaining
                 if len(buf) < n + 2:
@@ -312,18 +343,8 @@ class _Connection(asyncio.Protocol):
                 del buf[: n + 2]
                 self._state = _CHUNK_SIZE
             elif state == _TRAILERS:
-                end = buf.find(b"\r\n", max(0, self._scanned - 1))
-                if end < 0:
-                    if len(buf) > MAX_HEAD_BYTES:
-                        raise BadResponse(f"trailers over {MAX_HEAD_BYTES} bytes")
-                    self._scanned = len(buf)
+                if not self._parse_trailer_line():
                     return
-                del buf[: end + 2]
-                self._scanned = 0
-                if end == 0:
-                    body = bytes(self._chunked)
-                    self._chunked = bytearray()
-                    self._finish(body)
             elif state == _UNTIL_CLOSE:
                 if len(buf) > MAX_BODY_BYTES:
                     raise BadResponse(f"body over {MAX_BODY_BYTES} bytes")
@@ -334,6 +355,46 @@ class _Connection(asyncio.Protocol):
                     self.reusable = False
                     buf.clear()
                 return
+
+    def _parse_chunk_size(self) -> bool:
+        """Consume a chunk-size line; ``False`` if it has not fully arrived yet."""
+        buf = self._buf
+        end = buf.find(b"\r\n")
+        if end < 0:
+            if len(buf) > 1024:
+                raise BadResponse("chunk size line too long")
+            return False
+        line = bytes(buf[:end]).split(b";", 1)[0].strip(b" \t")
+        del buf[: end + 2]
+        if not line or len(line) > 16 or not _HEX_DIGITS.issuperset(line):
+            raise BadResponse(f"bad chunk size {line[:20]!r}")
+        size = int(line, 16)
+        if size == 0:
+            self._state = _TRAILERS
+        else:
+            if len(self._chunked) + size > MAX_BODY_BYTES:
+                raise BadResponse(f"body over {MAX_BODY_BYTES} bytes")
+            self._remaining = size
+            self._state = _CHUNK_DATA
+        return True
+
+    def _parse_trailer_line(self) -> bool:
+        """Consume a trailer line (the empty one ends the answer); ``False`` if it has not
+        fully arrived yet."""
+        buf = self._buf
+        end = buf.find(b"\r\n", max(0, self._scanned - 1))
+        if end < 0:
+            if len(buf) > MAX_HEAD_BYTES:
+                raise BadResponse(f"trailers over {MAX_HEAD_BYTES} bytes")
+            self._scanned = len(buf)
+            return False
+        del buf[: end + 2]
+        self._scanned = 0
+        if end == 0:
+            body = bytes(self._chunked)
+            self._chunked = bytearray()
+            self._finish(body)
+        return True
 
     def _parse_head(self, head: bytes) -> None:
         lines = head.decode("latin-1").split("\r\n")
@@ -347,20 +408,7 @@ class _Connection(asyncio.Protocol):
         ):
             raise BadResponse(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
         status = int(code)
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip() or "\n" in line:
-                raise BadResponse(f"malformed header line {line[:60]!r}")
-            name = name.lower()
-            value = value.strip(" \t")
-            if name in headers:
-                if name == "content-length" and headers[name] != value:
-                    raise BadResponse("conflicting Content-Length headers")
-                if name != "content-length":
-                    headers[name] += ", " + value
-            else:
-                headers[name] = value
+        headers = _parse_header_lines(lines[1:])
         if 100 <= status < 200:
             if status == 101:
                 raise BadResponse("unexpected 101 Switching Protocols")
@@ -405,6 +453,9 @@ class _Connection(asyncio.Protocol):
 class HttpPool:
     """Keep-alive connections to one ``host:port``; at most ``max_connections`` at once.
 
+    ``clock`` (default :func:`~poller.core.clock.system_clock`) times idle connections and the
+    address cache; connect timeouts are the event loop's.
+
     Use as ``async with HttpPool(...) as pool:`` (or call :meth:`aclose`), from one event loop.
     """
 
@@ -418,6 +469,7 @@ class HttpPool:
         connect_timeout_s: float | None = None,
         idle_timeout_s: float = 15.0,
         dns_ttl_s: float = 300.0,
+        clock: Clock | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -430,6 +482,7 @@ class HttpPool:
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._dns_ttl_s = dns_ttl_s
+        self._clock: Clock = clock if clock is not None else system_clock()
         self._addresses: Sequence[AddrInfo] = ()
         self._resolved_at = 0.0
         self._lookup: asyncio.Task[Sequence[AddrInfo]] | None = None
@@ -500,7 +553,7 @@ class HttpPool:
                 await asyncio.wait(late, timeout=1.0)
 
     def _put_idle(self, conn: _Connection) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         conn.idle_since = now
         idle = self._idle
         # Most recently used last (taken first); the oldest, at the bottom, expire here even
@@ -513,7 +566,7 @@ class HttpPool:
         idle = self._idle
         if not idle:
             return None
-        now = time.monotonic()
+        now = self._clock.monotonic()
         while idle:
             conn = idle.pop()
             if not conn.usable:
@@ -546,7 +599,7 @@ class HttpPool:
     async def _resolve(self) -> Sequence[AddrInfo]:
         """The endpoint's addresses, from the cache while it is fresh; a failed lookup falls
         back to the last known addresses (a resolver outage does not stop polling)."""
-        if self._addresses and time.monotonic() - self._resolved_at < self._dns_ttl_s:
+        if self._addresses and self._clock.monotonic() - self._resolved_at < self._dns_ttl_s:
             return self._addresses
         lookup = self._lookup
         if lookup is None:
@@ -567,7 +620,7 @@ class HttpPool:
         if not infos:
             raise OSError(f"no address for {self.host!r}")
         self._addresses = infos
-        self._resolved_at = time.monotonic()
+        self._resolved_at = self._clock.monotonic()
         return infos
 
     def _lookup_done(self, task: asyncio.Task[Sequence[AddrInfo]]) -> None:

@@ -1,0 +1,370 @@
+"""The configuration model: frozen dataclasses whose fields carry their defaults and checks.
+
+Each default is written once, as the field's default. A field's own check sits beside it in the
+field's metadata (``metadata=FINITE_GT_0``) and runs when the dataclass is constructed; checks
+that involve several fields live in the ``__post_init__`` of the dataclass they concern. Errors
+are :class:`ConfigError` naming the dotted key (``limits.qps``); a dataclass that is one entry of
+an array (:class:`TargetConfig`, :class:`SinkConfig`) names keys relative to itself (``app_id``)
+and the loader prefixes them with the entry (``targets[2].app_id``).
+
+Metadata keys the loader and the renderer read:
+
+``check``
+    ``(value) -> problem or None``, run by ``__post_init__``.
+``file_check``
+    ``(path) -> problem or None``, run by the loader only (it touches the file system, so a
+    dataclass built in code is not checked).
+``secret``
+    the value is never echoed in an error and is masked by ``render_toml``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar, Final, Literal
+
+from poller.core.errors import ConfigError
+from poller.core.records import Target
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "ApiConfig",
+    "CredentialsConfig",
+    "DaemonConfig",
+    "LimitsConfig",
+    "MetricsConfig",
+    "PollerConfig",
+    "RetryConfig",
+    "SinkConfig",
+    "SweepConfig",
+    "TargetConfig",
+    "split_endpoint",
+]
+
+DEFAULT_ENDPOINT: Final = "live.aliyuncs.com"
+
+Check = Callable[[Any], "str | None"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Field checks, as metadata
+
+
+def _finite(bound: float, *, inclusive: bool) -> Mapping[str, Check]:
+    op = ">=" if inclusive else ">"
+
+    def check(value: float) -> str | None:
+        ok = math.isfinite(value) and (value >= bound if inclusive else value > bound)
+        return None if ok else f"must be a finite number {op} {bound:g}; got {value!r}"
+
+    return {"check": check}
+
+
+def _between(low: int, high: int | None = None) -> Mapping[str, Check]:
+    def check(value: int) -> str | None:
+        if value >= low and (high is None or value <= high):
+            return None
+        if high is None:
+            return f"must be >= {low}; got {value!r}"
+        return f"must be between {low} and {high}; got {value!r}"
+
+    return {"check": check}
+
+
+def _host_port(value: str) -> str | None:
+    if not value:
+        return None  # off
+    host, sep, port = value.rpartition(":")
+    if sep and host and port.isascii() and port.isdigit() and int(port) <= 65535:
+        return None
+    return f"must be host:port, e.g. 127.0.0.1:9108; got {value!r}"
+
+
+def _endpoint(value: str) -> str | None:
+    try:
+        split_endpoint(value, 443)
+    except ConfigError as exc:
+        return exc.detail
+    return None
+
+
+def _ca_bundle(path: Path) -> str | None:
+    """A readable PEM bundle of CA certificates, or what is wrong with it."""
+    import ssl  # only a config with a ca_file pays for it
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except ssl.SSLError as exc:  # before OSError: SSLError is one
+        return f"not a valid PEM CA bundle: {str(path)!r} ({exc.reason or exc})"
+    except OSError as exc:
+        return f"cannot read the CA bundle {str(path)!r}: {exc.strerror or exc}"
+    return None
+
+
+FINITE_GT_0: Final = _finite(0, inclusive=False)
+FINITE_GE_0: Final = _finite(0, inclusive=True)
+AT_LEAST_1: Final = _between(1)
+HOST_PORT: Final = {"check": _host_port}
+ENDPOINT: Final = {"check": _endpoint}
+CA_BUNDLE: Final = {"file_check": _ca_bundle}
+SECRET: Final = {"secret": True}
+
+
+def split_endpoint(endpoint: str, default_port: int) -> tuple[str, int]:
+    """``host[:port]`` (``[v6]:port`` for IPv6 literals) into host and port.
+
+    Raises :class:`ConfigError` (key ``api.endpoint``) for a scheme, a path, an empty host or a
+    port that is not 1-65535 in ASCII digits.
+    """
+    if not endpoint or "/" in endpoint:
+        raise ConfigError(
+            f"must be host[:port] without scheme or path; got {endpoint!r}", key="api.endpoint"
+        )
+    if endpoint.startswith("["):
+        host, bracket, rest = endpoint[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigError(
+                f"must be [IPv6]:port or [IPv6]; got {endpoint!r}", key="api.endpoint"
+            )
+        port_text = rest.removeprefix(":")
+    elif endpoint.count(":") == 1:
+        host, _, port_text = endpoint.partition(":")
+    else:
+        host, port_text = endpoint, ""  # no port, or an unbracketed IPv6 literal
+    if not host:
+        raise ConfigError(f"must be host[:port]; no host in {endpoint!r}", key="api.endpoint")
+    if not port_text:
+        return host, default_port
+    if port_text.isascii() and port_text.isdigit() and len(port_text) <= 5:
+        port = int(port_text)
+        if 0 < port < 65536:
+            return host, port
+    raise ConfigError(f"bad port in endpoint {endpoint!r} (must be 1-65535)", key="api.endpoint")
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def check_fields(obj: _Checked) -> None:
+    """Run every ``check`` in the field metadata of a config dataclass."""
+    for f in fields(obj):  # type: ignore[arg-type]
+        check = f.metadata.get("check")
+        if check is not None and (problem := check(getattr(obj, f.name))) is not None:
+            raise ConfigError(problem, key=_key(obj.key_prefix, f.name))
+
+
+class _Checked:
+    """Base of the config dataclasses: field checks at construction."""
+
+    __slots__ = ()
+    #: The dotted key of this table in the file; "" for entries of an array of tables.
+    key_prefix: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sections
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiConfig(_Checked):
+    key_prefix: ClassVar[str] = "api"
+
+    endpoint: str = field(default=DEFAULT_ENDPOINT, metadata=ENDPOINT)
+    protocol: Literal["https", "http"] = "https"
+    signature: Literal["v3", "v1"] = "v3"
+    #: Per attempt; the clock starts once the rate token and the in-flight slot are granted.
+    timeout_s: float = field(default=10.0, metadata=FINITE_GT_0)
+    connect_timeout_s: float = field(default=5.0, metadata=FINITE_GT_0)
+    user_agent: str | None = None
+    verify_tls: bool = True
+    #: Extra CA bundle (PEM) to trust, e.g. a corporate proxy's; the system store is kept.
+    ca_file: Path | None = field(default=None, metadata=CA_BUNDLE)
+    #: What carries the requests: poller's lean HTTP/1.1 client, or an aiohttp session.
+    transport: Literal["builtin", "aiohttp"] = "builtin"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.protocol}://{self.endpoint}/"
+
+    @property
+    def default_port(self) -> int:
+        return 443 if self.protocol == "https" else 80
+
+    @property
+    def host(self) -> str:
+        """The endpoint's host, without the brackets of an IPv6 literal."""
+        return split_endpoint(self.endpoint, self.default_port)[0]
+
+    @property
+    def port(self) -> int:
+        """The endpoint's port, else 443 for https and 80 for http."""
+        return split_endpoint(self.endpoint, self.default_port)[1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialsConfig(_Checked):
+    """Any subset may be given here: the credential chain (``poller.wire.credentials``) falls
+    through to the environment. A complete config (:class:`PollerConfig`) insists that the
+    fields make sense together, see :meth:`check_together`."""
+
+    key_prefix: ClassVar[str] = "credentials"
+
+    access_key_id: str | None = None
+    access_key_secret: str | None = field(default=None, repr=False, metadata=SECRET)
+    security_token: str | None = field(default=None, repr=False, metadata=SECRET)
+
+    def check_together(self) -> None:
+        if bool(self.access_key_id) != bool(self.access_key_secret):
+            missing = "access_key_secret" if self.access_key_id else "access_key_id"
+            raise ConfigError(
+                "access_key_id and access_key_secret must be given together",
+                key=_key(self.key_prefix, missing),
+            )
+        if self.security_token and not self.access_key_id:
+            raise ConfigError(
+                "a security_token needs an access_key_id",
+                key=_key(self.key_prefix, "security_token"),
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig(_Checked):
+    key_prefix: ClassVar[str] = "limits"
+
+    #: The account's budget for this API, requests per second (shared by every caller).
+    qps: float = field(default=100.0, metadata=FINITE_GT_0)
+    max_in_flight: int = field(default=64, metadata=AT_LEAST_1)
+    #: Requests are paced so that any ``qps`` consecutive ones span at least 1 s + this margin.
+    window_margin_ms: float = field(default=20.0, metadata=FINITE_GE_0)
+    #: Slow down on throttling (multiplicative decrease, gradual recovery).
+    adaptive: bool = True
+    #: ListMessageGroupUser pages per second for discovery targets (its own, separate budget).
+    discovery_qps: float = field(default=5.0, metadata=FINITE_GT_0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig(_Checked):
+    key_prefix: ClassVar[str] = "retry"
+
+    max_attempts: int = field(default=4, metadata=AT_LEAST_1)
+    backoff_base_s: float = field(default=0.1, metadata=FINITE_GE_0)
+    backoff_cap_s: float = field(default=5.0, metadata=FINITE_GE_0)
+    throttle_backoff_base_s: float = field(default=1.0, metadata=FINITE_GE_0)
+    #: Retries may use at most this fraction of first attempts (plus a small floor).
+    budget_ratio: float = field(default=0.2, metadata=FINITE_GE_0)
+    budget_min_tokens: float = field(default=10.0, metadata=FINITE_GE_0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepConfig(_Checked):
+    key_prefix: ClassVar[str] = "sweep"
+
+    dedupe: bool = True
+    #: 0 disables; otherwise UIDs not polled by then get ``DeadlineExceeded`` records.
+    deadline_s: float = field(default=0.0, metadata=FINITE_GE_0)
+    #: Batches of records buffered between polling and the sinks (backpressure beyond it).
+    queue_size: int = field(default=64, metadata=AT_LEAST_1)
+    max_uid_bytes: int = field(default=128, metadata=_between(1, 4096))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetConfig(_Checked):
+    """One ``[[targets]]`` entry; its errors name keys relative to the entry."""
+
+    app_id: str
+    group_id: str
+    uids: tuple[str, ...] | None = None
+    uids_file: Path | None = None
+    #: Learn the members with ListMessageGroupUser at every sweep instead of a UID list.
+    discover: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("app_id", "group_id"):
+            if not getattr(self, name):
+                raise ConfigError("required, a non-empty string", key=name)
+        if self.uids is not None and self.uids_file is not None:
+            raise ConfigError("give either uids or uids_file, not both", key="uids_file")
+        if self.discover and (self.uids is not None or self.uids_file is not None):
+            raise ConfigError("a discovery target takes no uids or uids_file", key="discover")
+
+    @property
+    def target(self) -> Target:
+        return Target(self.app_id, self.group_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonConfig(_Checked):
+    key_prefix: ClassVar[str] = "daemon"
+
+    interval_s: float = field(default=30.0, metadata=FINITE_GT_0)
+    emit: Literal["changes", "all"] = "changes"
+    #: Wait a random 0..start_jitter_s before the first sweep (spreads many instances).
+    start_jitter_s: float = field(default=0.0, metadata=FINITE_GE_0)
+    #: On SIGTERM, in-flight requests get this long to finish before they are cancelled.
+    drain_timeout_s: float = field(default=10.0, metadata=FINITE_GE_0)
+    #: Consecutive sweeps whose credentials were rejected before the daemon gives up (exit 78).
+    max_auth_failures: int = field(default=3, metadata=AT_LEAST_1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig(_Checked):
+    key_prefix: ClassVar[str] = "metrics"
+
+    #: ``host:port`` serving /metrics, /healthz and /readyz; empty = off.
+    listen: str = field(default="", metadata=HOST_PORT)
+    #: /readyz fails when the last completed sweep is older than this (0: 3 x interval + 60 s).
+    ready_max_age_s: float = field(default=0.0, metadata=FINITE_GE_0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SinkConfig(_Checked):
+    """One ``[[sinks]]`` entry; its errors name keys relative to the entry."""
+
+    kind: Literal["stdout", "file"] = "stdout"
+    path: Path | None = None
+    fsync: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.kind == "file" and self.path is None:
+            raise ConfigError("required for a file sink", key="path")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollerConfig(_Checked):
+    """The whole file: one field per section (a dataclass) or array of tables (a tuple of
+    dataclasses), plus ``source``, the file it came from (not a key of the file)."""
+
+    api: ApiConfig = ApiConfig()
+    credentials: CredentialsConfig = CredentialsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    retry: RetryConfig = RetryConfig()
+    sweep: SweepConfig = SweepConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    targets: tuple[TargetConfig, ...] = ()
+    sinks: tuple[SinkConfig, ...] = ()
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.credentials.check_together()
+        seen: set[tuple[str, str]] = set()
+        for i, target in enumerate(self.targets):
+            pair = (target.app_id, target.group_id)
+            if pair in seen:
+                raise ConfigError(
+                    f"duplicate target {target.app_id}/{target.group_id}", key=f"targets[{i}]"
+                )
+            seen.add(pair)
+
+    def with_changes(self, **changes: Any) -> PollerConfig:
+        return replace(self, **changes)
