@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -20,6 +21,8 @@ class FakeClock:
 
     def __init__(self, start: float = 1000.0, lateness: Callable[[], float] | None = None):
         self.now = start
+        self.start = start
+        self.epoch = time.time()  # wall time moves with the fake clock, from today's date
         self.lateness = lateness
         self.sleeps: list[float] = []
 
@@ -27,7 +30,7 @@ class FakeClock:
         return self.now
 
     def time(self) -> float:
-        return 1_764_100_000.0 + self.now
+        return self.epoch + (self.now - self.start)
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)

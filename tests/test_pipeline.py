@@ -254,7 +254,7 @@ async def test_sweep_deadline_turns_the_rest_into_deadline_exceeded() -> None:
 
 async def test_targets_interleave_so_a_small_one_finishes_early() -> None:
     fetcher = ScriptedFetcher()
-    order: list[str] = []
+    order: list[str | None] = []
     async with make_poller(fetcher) as poller:
         async for rs in poller.sweep_batches(
             [(T1, [f"big{i}" for i in range(2000)]), (T2, [f"small{i}" for i in range(40)])]

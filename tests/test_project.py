@@ -63,4 +63,7 @@ def test_layering() -> None:
         if "uvloop" in used:
             assert rel in {"apps/cli.py", "emulator/cli.py"}, rel
         if "aiohttp" in used:
-            assert rel.startswith("emulator/") or rel in {"wire/client.py", "apps/metrics.py"}, rel
+            assert rel.startswith("emulator/") or rel in {
+                "wire/aiohttp_transport.py",
+                "apps/metrics.py",
+            }, rel

@@ -6,6 +6,8 @@ import asyncio
 import bisect
 import random
 
+import pytest
+
 from poller.core.ratelimit import PacedRateLimiter
 from tests.conftest import FakeClock
 
@@ -106,3 +108,29 @@ async def test_a_lone_throttle_only_pauses() -> None:
     assert limiter.rate == full_rate
     limiter.on_throttled(None)  # a second one soon after: the account really is contended
     assert limiter.rate == full_rate * 0.7
+
+
+async def test_reconfigure_to_a_lower_rate_keeps_the_window_guard() -> None:
+    """A reload that lowers qps never lets the grants before it push a window over the new
+    limit, and no pause is needed for it."""
+    clock = FakeClock()
+    limiter = PacedRateLimiter(100, clock=clock)
+    before = await grant_times(limiter, clock, 150)
+    limiter.reconfigure(20, margin_s=0.02)
+    after = await grant_times(limiter, clock, 60)
+    assert max_in_window(after) <= 20
+    # Every second that starts after the change holds at most 20 grants, counting earlier ones.
+    times = before + after
+    starts = [t for t in times if t >= before[-1]]
+    assert max(sum(s <= t < s + 1.0 for t in times) for s in starts) <= 20
+    assert limiter.stats().max_rate == pytest.approx(20 / 1.02)
+
+
+async def test_reconfigure_to_a_higher_rate_speeds_up_at_once() -> None:
+    clock = FakeClock()
+    limiter = PacedRateLimiter(10, clock=clock)
+    await grant_times(limiter, clock, 20)
+    limiter.reconfigure(100)
+    times = await grant_times(limiter, clock, 300)
+    assert max_in_window(times) <= 100
+    assert (len(times) - 1) / (times[-1] - times[0]) >= 95.0

@@ -259,7 +259,7 @@ class Daemon:
 
     async def _apply_reload(self, tracker: ChangeTracker) -> None:
         self._reload = False
-        notify(reloading_message())
+        notify(reloading_message(self._clock))
         poller = self._poller
         assert poller is not None
         try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
-import time
+
+from poller.core.clock import Clock
 
 __all__ = ["notify", "reloading_message", "watchdog_interval_s"]
 
@@ -31,9 +32,10 @@ def notify(message: str) -> bool:
     return True
 
 
-def reloading_message() -> str:
-    """``RELOADING=1`` with the ``MONOTONIC_USEC`` that ``Type=notify-reload`` requires."""
-    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+def reloading_message(clock: Clock) -> str:
+    """``RELOADING=1`` with the ``MONOTONIC_USEC`` that ``Type=notify-reload`` requires
+    (``CLOCK_MONOTONIC``, which the real clock's ``monotonic()`` reads on Linux)."""
+    usec = int(clock.monotonic() * 1_000_000)
     return f"RELOADING=1\nMONOTONIC_USEC={usec}"
 
 

@@ -181,9 +181,7 @@ def _failure_records(ctx: SweepContext, batch: Batch, outcome: Outcome[Any]) -> 
 
 async def _repoll_missing(ctx: SweepContext, batch: Batch, records: list[Record]) -> list[Record]:
     """Ask once more for UIDs an answer left out (a partial answer is worth one retry)."""
-    missing = [
-        r for r in records if r["type"] == "error" and r["code"] == MISSING_IN_RESPONSE
-    ]
+    missing = [r for r in records if r["type"] == "error" and r["code"] == MISSING_IN_RESPONSE]
     if not missing or (len(missing) == len(batch.uids) and len(batch.uids) > 1):
         return records  # an answer missing everything is suspicious: keep it as it is
     attempts = max(r.get("attempts", 1) for r in missing)

@@ -318,7 +318,7 @@ class LiveClient:
             "BatchGetOnlineUsers",
             {
                 "AppId": batch.target.app_id,
-                "GroupId": batch.target.group_id,
+                "GroupId": batch.target.group_id or "",
                 "UserIds": ",".join(batch.uids),
             },
         )
