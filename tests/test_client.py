@@ -12,7 +12,7 @@ from typing import Literal
 import aiohttp
 import pytest
 
-from poller.config import ApiConfig, LimitsConfig, PollerConfig, parse_config
+from poller.config import ApiConfig, LimitsConfig, PollerConfig, parse_config, split_endpoint
 from poller.core.errors import (
     AttemptTimeout,
     AuthError,
@@ -26,7 +26,7 @@ from poller.core.records import Batch, Target
 from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpec
 from poller.emulator.accounts import AccessKey
 from poller.engine.poller import Poller
-from poller.wire.client import LiveClient, _split_endpoint
+from poller.wire.client import LiveClient
 from poller.wire.signing import SigningCredentials
 from tests.conftest import FakeClock
 
@@ -168,13 +168,13 @@ async def test_a_bad_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_endpoints_split_into_host_and_port() -> None:
-    assert _split_endpoint("live.aliyuncs.com", 443) == ("live.aliyuncs.com", 443)
-    assert _split_endpoint("127.0.0.1:8780", 80) == ("127.0.0.1", 8780)
-    assert _split_endpoint("[::1]:8780", 80) == ("::1", 8780)
-    assert _split_endpoint("[::1]", 443) == ("::1", 443)
+    assert split_endpoint("live.aliyuncs.com", 443) == ("live.aliyuncs.com", 443)
+    assert split_endpoint("127.0.0.1:8780", 80) == ("127.0.0.1", 8780)
+    assert split_endpoint("[::1]:8780", 80) == ("::1", 8780)
+    assert split_endpoint("[::1]", 443) == ("::1", 443)
     for bad in ("host:http", "host:0", "host:70000", "host:+443", "host: 443", "host:44_3"):
         with pytest.raises(ConfigError) as caught:
-            _split_endpoint(bad, 443)
+            split_endpoint(bad, 443)
         assert caught.value.key == "api.endpoint"
 
 
@@ -291,7 +291,8 @@ async def test_signatures_are_dated_by_the_injected_clock(transport: Transport) 
 
     app = web.Application()
     app.router.add_post("/", handler)
-    clock = FakeClock(start=0.0)  # time() is 1_764_100_000.0
+    clock = FakeClock(start=0.0)
+    clock.epoch = 1_764_100_000.0  # time() starts at 2025-11-25T19:46:40Z
     async with TestServer(app, host="127.0.0.1") as server:
         api = ApiConfig(endpoint=f"127.0.0.1:{server.port}", protocol="http", transport=transport)
         async with LiveClient(api, _creds(), clock=clock) as client:

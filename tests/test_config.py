@@ -604,3 +604,22 @@ def test_a_bad_ca_file_is_a_load_time_error(
 def test_a_ca_file_built_in_code_is_checked_by_the_client_not_the_dataclass(tmp_path: Path) -> None:
     # Reading files is the loader's business; poller.wire.client checks again when it connects.
     assert ApiConfig(ca_file=tmp_path / "missing.pem").ca_file == tmp_path / "missing.pem"
+
+
+def test_the_config_package_imports_only_the_standard_library_and_the_core() -> None:
+    import ast
+    import sys
+
+    package = Path(__file__).resolve().parent.parent / "poller" / "config"
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                allowed = name.startswith(("poller.core", "poller.config"))
+                assert allowed or top in sys.stdlib_module_names, f"{path.name}: {name}"

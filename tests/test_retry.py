@@ -189,7 +189,7 @@ def test_policy_from_config() -> None:
     cfg = RetryConfig(
         max_attempts=7, backoff_base_s=0.3, backoff_cap_s=9.0, throttle_backoff_base_s=2.0
     )
-    assert RetryPolicy.from_config(cfg) == RetryPolicy(
+    assert cfg.policy() == RetryPolicy(
         max_attempts=7, backoff_base_s=0.3, backoff_cap_s=9.0, throttle_backoff_base_s=2.0
     )
 

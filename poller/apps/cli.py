@@ -41,7 +41,8 @@ def _setup_logging(verbose: bool) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    print(render_toml(config, header=f"effective configuration of {args.file} (secrets masked)"))
+    header = f"effective configuration of {args.file} (secrets masked)"
+    print(render_toml(config, header=header), end="")
     return EX_OK
 
 

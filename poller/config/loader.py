@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 from poller.config.model import PollerConfig
 from poller.core.errors import ConfigError
 
-__all__ = ["fields", "load_config", "parse_config", "tables"]
+__all__ = ["field_types", "load_config", "parse_config", "tables"]
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ class _Rejected(Exception):
 
 
 @functools.cache
-def fields(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
+def field_types(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
     """Each dataclass field of ``cls`` with its resolved annotation, by name."""
     resolved = get_type_hints(cls)
     return {f.name: (f, resolved[f.name]) for f in dataclasses.fields(cls)}
@@ -43,7 +43,7 @@ def fields(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
 def tables(cls: type = PollerConfig) -> dict[str, tuple[type, bool]]:
     """The TOML tables of ``cls``: name -> (dataclass, is an array of tables)."""
     found: dict[str, tuple[type, bool]] = {}
-    for name, (_, hint) in fields(cls).items():
+    for name, (_, hint) in field_types(cls).items():
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             found[name] = (hint, False)
         elif get_origin(hint) is tuple:
@@ -115,7 +115,7 @@ class _Reader:
 
     def table(self, cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
         """One TOML table as an instance of the dataclass ``cls``."""
-        spec = fields(cls)
+        spec = field_types(cls)
         unknown = sorted(set(raw) - set(spec))
         if unknown:
             raise self.error(_UNKNOWN_KEY, f"{prefix}.{unknown[0]}")

@@ -28,6 +28,12 @@ from typing import Any, ClassVar, Final, Literal
 
 from poller.core.errors import ConfigError
 from poller.core.records import Target
+from poller.core.retry import (
+    DEFAULT_BUDGET_MIN_TOKENS,
+    DEFAULT_BUDGET_RATIO,
+    RetryBudget,
+    RetryPolicy,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -249,17 +255,35 @@ class LimitsConfig(_Checked):
     discovery_qps: float = field(default=5.0, metadata=FINITE_GT_0)
 
 
+_POLICY = RetryPolicy()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryConfig(_Checked):
     key_prefix: ClassVar[str] = "retry"
 
-    max_attempts: int = field(default=4, metadata=AT_LEAST_1)
-    backoff_base_s: float = field(default=0.1, metadata=FINITE_GE_0)
-    backoff_cap_s: float = field(default=5.0, metadata=FINITE_GE_0)
-    throttle_backoff_base_s: float = field(default=1.0, metadata=FINITE_GE_0)
+    # The defaults are the core's (RetryPolicy and RetryBudget), so they are written once.
+    max_attempts: int = field(default=_POLICY.max_attempts, metadata=AT_LEAST_1)
+    backoff_base_s: float = field(default=_POLICY.backoff_base_s, metadata=FINITE_GE_0)
+    backoff_cap_s: float = field(default=_POLICY.backoff_cap_s, metadata=FINITE_GE_0)
+    throttle_backoff_base_s: float = field(
+        default=_POLICY.throttle_backoff_base_s, metadata=FINITE_GE_0
+    )
     #: Retries may use at most this fraction of first attempts (plus a small floor).
-    budget_ratio: float = field(default=0.2, metadata=FINITE_GE_0)
-    budget_min_tokens: float = field(default=10.0, metadata=FINITE_GE_0)
+    budget_ratio: float = field(default=DEFAULT_BUDGET_RATIO, metadata=FINITE_GE_0)
+    budget_min_tokens: float = field(default=DEFAULT_BUDGET_MIN_TOKENS, metadata=FINITE_GE_0)
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            backoff_base_s=self.backoff_base_s,
+            backoff_cap_s=self.backoff_cap_s,
+            throttle_backoff_base_s=self.throttle_backoff_base_s,
+        )
+
+    def budget(self) -> RetryBudget:
+        """A fresh retry budget with these settings."""
+        return RetryBudget(self.budget_ratio, self.budget_min_tokens)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

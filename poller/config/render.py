@@ -27,7 +27,7 @@ _COMMENT_ESCAPES: Final = {c: f"\\u{c:04X}" for c in (*range(0x09), *range(0x0A,
 
 
 def mask(value: str | None) -> str:
-    """Show that a secret is set without showing it (as ``poller.wire.credentials.mask``)."""
+    """Show that a secret is set without showing it."""
     return "(unset)" if not value else "****"
 
 

@@ -27,9 +27,21 @@ from .errors import PollerError, ThrottledError
 from .ratelimit import RateMeter
 from .stats import Attempt, AttemptListener, outcome_of
 
-__all__ = ["Outcome", "Retrier", "RetryBudget", "RetryPolicy"]
+__all__ = [
+    "DEFAULT_BUDGET_MIN_TOKENS",
+    "DEFAULT_BUDGET_RATIO",
+    "Outcome",
+    "Retrier",
+    "RetryBudget",
+    "RetryPolicy",
+]
 
 T = TypeVar("T")
+
+#: Retries may spend about this fraction of first attempts ...
+DEFAULT_BUDGET_RATIO = 0.2
+#: ... plus this floor of tokens, so a healthy run absorbs a few early failures.
+DEFAULT_BUDGET_MIN_TOKENS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +75,9 @@ class RetryPolicy:
 class RetryBudget:
     __slots__ = ("_cap", "_ratio", "denied", "spent", "tokens")
 
-    def __init__(self, ratio: float = 0.2, min_tokens: float = 10.0) -> None:
+    def __init__(
+        self, ratio: float = DEFAULT_BUDGET_RATIO, min_tokens: float = DEFAULT_BUDGET_MIN_TOKENS
+    ) -> None:
         self._ratio = ratio
         self._cap = max(min_tokens, 1.0)
         self.tokens = min_tokens

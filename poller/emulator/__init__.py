@@ -5,10 +5,11 @@ Serves ``BatchGetOnlineUsers``, ``ListMessageGroupUser``, ``JoinMessageGroup`` a
 per-account QPS over sliding one-second windows, keeps seeded group membership with churn,
 injects seeded latency and faults, and exposes inspection endpoints under ``/_emulator/``.
 
-Modules: :mod:`.server` (pipeline, app, server), :mod:`.auth` (signature checks),
-:mod:`.accounts` (keys, RAM grants, nonces), :mod:`.state` (groups and churn),
-:mod:`.throttle` (windows and statistics), :mod:`.faults`, :mod:`.errors` (envelope and codes),
-:mod:`.actions` (the four APIs), :mod:`.inspection`, :mod:`.config`, :mod:`.cli`.
+Modules: :mod:`.server` (pipeline, app, server), :mod:`.sockets` (TLS, listening, hang-ups),
+:mod:`.auth` (signature checks), :mod:`.accounts` (keys, RAM grants, nonces), :mod:`.state`
+(groups and churn), :mod:`.throttle` (windows and statistics), :mod:`.faults`, :mod:`.errors`
+(envelope and codes), :mod:`.actions` (the four APIs), :mod:`.inspection`, :mod:`.config`,
+:mod:`.cli`.
 
 Usage::
 

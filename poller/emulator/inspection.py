@@ -38,6 +38,8 @@ __all__ = ["add_routes"]
 logger = logging.getLogger("poller.emulator")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: One path and method: the emulator and the request in, the JSON answer out.
+Endpoint = Callable[["Emulator", web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -66,7 +68,7 @@ def _str_list(value: Any, name: str) -> list[str]:
     return value
 
 
-def _guard(emulator: Emulator, methods: dict[str, Handler]) -> Handler:
+def _guard(emulator: Emulator, methods: dict[str, Endpoint]) -> Handler:
     """Dispatch on method; turn every rejection into the error envelope."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -75,7 +77,7 @@ def _guard(emulator: Emulator, methods: dict[str, Handler]) -> Handler:
             method = methods.get(request.method)
             if method is None:
                 raise errors.unsupported_method()
-            return await method(request)
+            return await method(emulator, request)
         except errors.ApiError as exc:
             return emulator.error_response(request, rid, exc, None)
         except Exception:
@@ -85,143 +87,153 @@ def _guard(emulator: Emulator, methods: dict[str, Handler]) -> Handler:
     return handler
 
 
-def add_routes(app: web.Application, emulator: Emulator) -> None:
+async def _get_stats(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+    return _json(emulator.stats.as_dict())
+
+
+async def _post_reset(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    if body is not None and not isinstance(body, dict):
+        raise errors.invalid_parameter("body")
+    options = body or {}
+    emulator.stats.reset()
+    if options.get("members"):
+        emulator.state.reset()
+    if options.get("nonces"):
+        emulator.nonces.clear()
+    return _json({"ok": True})
+
+
+def _faults_view(emulator: Emulator) -> dict[str, Any]:
+    injector = emulator.faults
+    rates = injector.rates
+    return {"faults": rates.as_dict(), "spec": str(rates), "seed": injector.seed}
+
+
+async def _get_faults(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+    return _json(_faults_view(emulator))
+
+
+async def _post_faults(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    seed: Any = None
+    spec: Any = body
+    if isinstance(body, dict):
+        if "faults" in body:
+            if set(body) - {"faults", "seed"}:
+                raise errors.invalid_parameter("body")
+            spec, seed = body["faults"], body.get("seed")
+        else:  # an object of rates, optionally with a seed
+            spec = {k: v for k, v in body.items() if k != "seed"}
+            seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise errors.invalid_parameter("seed")
+    try:
+        if spec is None or spec == "" or spec == {}:
+            rates = FaultRates()
+        elif isinstance(spec, str):
+            rates = FaultRates.parse(spec)
+        elif isinstance(spec, dict):
+            rates = FaultRates.from_mapping(spec)
+        else:
+            raise errors.invalid_parameter("faults")
+    except ValueError as exc:
+        raise errors.ApiError("InvalidParameter", 400, str(exc)) from None
+    emulator.faults.configure(rates, seed)
+    return _json(_faults_view(emulator))
+
+
+async def _get_members(emulator: Emulator, request: web.Request) -> web.StreamResponse:
     state = emulator.state
+    app_id = request.query.get("app_id")
+    group_id = request.query.get("group_id")
+    if app_id is None and group_id is None:
+        return _json({"groups": state.summary()})
+    if not app_id or not group_id:
+        raise errors.missing_parameter("group_id" if app_id else "app_id")
+    members = state.snapshot(app_id, group_id)
+    online = sum(1 for m in members if m["online"])
+    return _json(
+        {
+            "app_id": app_id,
+            "group_id": group_id,
+            "total": len(members),
+            "online": online,
+            "members": members,
+        }
+    )
 
-    async def get_stats(request: web.Request) -> web.StreamResponse:
-        return _json(emulator.stats.as_dict())
 
-    async def post_reset(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        if body is not None and not isinstance(body, dict):
-            raise errors.invalid_parameter("body")
-        options = body or {}
-        emulator.stats.reset()
-        if options.get("members"):
-            state.reset()
-        if options.get("nonces"):
-            emulator.nonces.clear()
-        return _json({"ok": True})
+async def _post_members(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+    state = emulator.state
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise errors.invalid_parameter("body")
+    app_id, group_id = body.get("app_id"), body.get("group_id")
+    for name, value in (("app_id", app_id), ("group_id", group_id)):
+        if not isinstance(value, str) or not value:
+            raise errors.missing_parameter(name)
+    assert isinstance(app_id, str) and isinstance(group_id, str)
+    changes = {n: _str_list(body.get(n), n) for n in ("join", "online", "offline", "leave")}
+    for uid in changes["join"]:
+        state.join(app_id, group_id, uid)
+    for uid in changes["online"]:
+        state.set_online(app_id, group_id, uid)
+    for uid in changes["offline"]:
+        state.set_offline(app_id, group_id, uid)
+    left = sum(state.leave(app_id, group_id, uid) for uid in changes["leave"])
+    members = state.snapshot(app_id, group_id)
+    return _json(
+        {
+            "app_id": app_id,
+            "group_id": group_id,
+            "total": len(members),
+            "online": sum(1 for m in members if m["online"]),
+            "left": left,
+        }
+    )
 
-    def faults_view() -> dict[str, Any]:
-        injector = emulator.faults
-        rates = injector.rates
-        return {"faults": rates.as_dict(), "spec": str(rates), "seed": injector.seed}
 
-    async def get_faults(request: web.Request) -> web.StreamResponse:
-        return _json(faults_view())
+async def _get_config(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+    config = emulator.config
+    return _json(
+        {
+            "host": config.host,
+            "port": config.port,
+            "qps": config.qps,
+            "keys": [
+                {
+                    "access_key_id": k.key_id,
+                    "account": k.account,
+                    "apps": sorted(k.apps) if k.apps is not None else None,
+                    "sts": k.security_token is not None,
+                }
+                for k in config.keys
+            ],
+            "groups": [
+                {"app_id": g.app_id, "group_id": g.group_id, "size": g.size} for g in config.groups
+            ],
+            "online_fraction": config.online_fraction,
+            "churn_per_s": config.churn_per_s,
+            "seed": config.seed,
+            "latency_ms": str(config.latency),
+            "hang_s": config.hang_s,
+            "date_window_s": config.date_window_s,
+            **_faults_view(emulator),
+        }
+    )
 
-    async def post_faults(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        seed: Any = None
-        spec: Any = body
-        if isinstance(body, dict):
-            if "faults" in body:
-                if set(body) - {"faults", "seed"}:
-                    raise errors.invalid_parameter("body")
-                spec, seed = body["faults"], body.get("seed")
-            else:  # an object of rates, optionally with a seed
-                spec = {k: v for k, v in body.items() if k != "seed"}
-                seed = body.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise errors.invalid_parameter("seed")
-        try:
-            if spec is None or spec == "" or spec == {}:
-                rates = FaultRates()
-            elif isinstance(spec, str):
-                rates = FaultRates.parse(spec)
-            elif isinstance(spec, dict):
-                rates = FaultRates.from_mapping(spec)
-            else:
-                raise errors.invalid_parameter("faults")
-        except ValueError as exc:
-            raise errors.ApiError("InvalidParameter", 400, str(exc)) from None
-        emulator.faults.configure(rates, seed)
-        return _json(faults_view())
 
-    async def get_members(request: web.Request) -> web.StreamResponse:
-        app_id = request.query.get("app_id")
-        group_id = request.query.get("group_id")
-        if app_id is None and group_id is None:
-            return _json({"groups": state.summary()})
-        if not app_id or not group_id:
-            raise errors.missing_parameter("group_id" if app_id else "app_id")
-        members = state.snapshot(app_id, group_id)
-        online = sum(1 for m in members if m["online"])
-        return _json(
-            {
-                "app_id": app_id,
-                "group_id": group_id,
-                "total": len(members),
-                "online": online,
-                "members": members,
-            }
-        )
+_ROUTES: dict[str, dict[str, Endpoint]] = {
+    "/_emulator/stats": {"GET": _get_stats},
+    "/_emulator/reset": {"POST": _post_reset},
+    "/_emulator/faults": {"GET": _get_faults, "POST": _post_faults},
+    "/_emulator/members": {"GET": _get_members, "POST": _post_members},
+    "/_emulator/config": {"GET": _get_config},
+}
 
-    async def post_members(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        if not isinstance(body, dict):
-            raise errors.invalid_parameter("body")
-        app_id, group_id = body.get("app_id"), body.get("group_id")
-        for name, value in (("app_id", app_id), ("group_id", group_id)):
-            if not isinstance(value, str) or not value:
-                raise errors.missing_parameter(name)
-        assert isinstance(app_id, str) and isinstance(group_id, str)
-        changes = {n: _str_list(body.get(n), n) for n in ("join", "online", "offline", "leave")}
-        for uid in changes["join"]:
-            state.join(app_id, group_id, uid)
-        for uid in changes["online"]:
-            state.set_online(app_id, group_id, uid)
-        for uid in changes["offline"]:
-            state.set_offline(app_id, group_id, uid)
-        left = sum(state.leave(app_id, group_id, uid) for uid in changes["leave"])
-        members = state.snapshot(app_id, group_id)
-        return _json(
-            {
-                "app_id": app_id,
-                "group_id": group_id,
-                "total": len(members),
-                "online": sum(1 for m in members if m["online"]),
-                "left": left,
-            }
-        )
 
-    async def get_config(request: web.Request) -> web.StreamResponse:
-        config = emulator.config
-        return _json(
-            {
-                "host": config.host,
-                "port": config.port,
-                "qps": config.qps,
-                "keys": [
-                    {
-                        "access_key_id": k.key_id,
-                        "account": k.account,
-                        "apps": sorted(k.apps) if k.apps is not None else None,
-                        "sts": k.security_token is not None,
-                    }
-                    for k in config.keys
-                ],
-                "groups": [
-                    {"app_id": g.app_id, "group_id": g.group_id, "size": g.size}
-                    for g in config.groups
-                ],
-                "online_fraction": config.online_fraction,
-                "churn_per_s": config.churn_per_s,
-                "seed": config.seed,
-                "latency_ms": str(config.latency),
-                "hang_s": config.hang_s,
-                "date_window_s": config.date_window_s,
-                **faults_view(),
-            }
-        )
-
-    routes: dict[str, dict[str, Handler]] = {
-        "/_emulator/stats": {"GET": get_stats},
-        "/_emulator/reset": {"POST": post_reset},
-        "/_emulator/faults": {"GET": get_faults, "POST": post_faults},
-        "/_emulator/members": {"GET": get_members, "POST": post_members},
-        "/_emulator/config": {"GET": get_config},
-    }
-    for path, methods in routes.items():
+def add_routes(app: web.Application, emulator: Emulator) -> None:
+    """Route every path of :data:`_ROUTES` to ``emulator``, any method (see :func:`_guard`)."""
+    for path, methods in _ROUTES.items():
         app.router.add_route("*", path, _guard(emulator, methods))

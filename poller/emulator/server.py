@@ -29,9 +29,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
-import ssl
-import struct
 from typing import Any, Self
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -41,7 +38,7 @@ from aiohttp import web
 from poller.wire.signing import API_VERSION
 
 from . import errors, inspection
-from .accounts import KeyStore, NonceStore
+from .accounts import AccessKey, KeyStore, NonceStore
 from .actions import ACTIONS, split_user_ids
 from .auth import AuthResult, Verifier
 from .config import EmulatorConfig
@@ -53,6 +50,7 @@ from .faults import (
     partial_online_users,
     truncate_json,
 )
+from .sockets import NoResponse, abort, listen
 from .state import EmulatorState
 from .throttle import Stats, StatsBlock
 
@@ -62,11 +60,6 @@ logger = logging.getLogger("poller.emulator")
 
 _FORM_TYPE = "application/x-www-form-urlencoded"
 _V1_MARKERS = ("Signature", "SignatureMethod", "AccessKeyId", "SignatureNonce")
-_LINGER_RST = struct.pack("ii", 1, 0)
-
-
-class _NoResponse(Exception):
-    """The connection was aborted or hung up on purpose: nothing is sent."""
 
 
 def _unquote_plus(text: str) -> str:
@@ -99,18 +92,11 @@ def _decode_form(raw: bytes | str, what: str) -> dict[str, str]:
     return out
 
 
-def _abort(request: web.BaseRequest, rst: bool) -> None:
-    transport = request.transport
-    if transport is None:
-        return
-    if rst:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        transport.abort()
-    else:
-        transport.close()
+def _decode_query(raw_path: str) -> dict[str, str]:
+    """The query of the request target as sent (``request.raw_path``: cheaper than yarl's)."""
+    mark = raw_path.find("?")
+    raw_query = raw_path[mark + 1 :] if mark >= 0 else ""
+    return _decode_form(raw_query, "query") if raw_query else {}
 
 
 class Emulator:
@@ -165,7 +151,7 @@ class Emulator:
             response = await self._process(request, rid, arrival, holder)
         except ApiError as exc:
             response = self.error_response(request, rid, exc, holder[0] if holder else None)
-        except (_NoResponse, ConnectionError):
+        except (NoResponse, ConnectionError):
             self.stats.no_response(holder[0] if holder else None)
             return web.Response()  # the transport is gone: this is never written
         except Exception:
@@ -179,6 +165,7 @@ class Emulator:
     async def _process(
         self, request: web.Request, rid: str, arrival: float, holder: list[StatsBlock]
     ) -> web.Response:
+        """Steps 1-4 and 8 of the check order above; :meth:`_admit` does 5-7, the caller 9."""
         method = request.method
         if method != "POST" and method != "GET":
             raise errors.unsupported_method()
@@ -187,10 +174,7 @@ class Emulator:
         except web.HTTPRequestEntityTooLarge:  # aiohttp's limit, 1 MiB
             raise errors.invalid_parameter("body") from None
         headers = request.headers
-        raw_path = request.raw_path  # the request target as sent; cheaper than yarl's parse
-        mark = raw_path.find("?")
-        raw_query = raw_path[mark + 1 :] if mark >= 0 else ""
-        query = _decode_form(raw_query, "query") if raw_query else {}
+        query = _decode_query(request.raw_path)
         form: dict[str, str] = {}
         if body and headers.get("Content-Type", "").lower().startswith(_FORM_TYPE):
             form = _decode_form(body, "body")
@@ -226,6 +210,25 @@ class Emulator:
         if self.nonces.is_used(key.key_id, auth.nonce, now):
             raise errors.nonce_used()
 
+        fault = self._admit(request, key, auth, block, arrival, now)
+        if fault is not None:
+            await self._early_fault(fault, request)
+        result = action(self.state, params, key)
+        if fault is not None:
+            return self._late_fault(fault, request, rid, action_name, params, result, block)
+        self.stats.responded(block, "OK", 200)
+        return self._ok(rid, orjson.dumps({"RequestId": rid, "Result": result}))
+
+    def _admit(
+        self,
+        request: web.Request,
+        key: AccessKey,
+        auth: AuthResult,
+        block: StatsBlock,
+        arrival: float,
+        now: float,
+    ) -> FaultDecision | None:
+        """Throttle (5), draw a fault (6), record the nonce (7): the fault to apply, if any."""
         retry_after = self.stats.limiter(key.account).try_acquire(arrival)
         if retry_after:
             self.nonces.record(key.key_id, auth.nonce, auth.nonce_expiry, now)
@@ -237,17 +240,10 @@ class Emulator:
         fault = self.faults.draw()
         if fault is not None and fault.kind == "reset_before":
             self._count_fault(fault)
-            _abort(request, rst=True)
-            raise _NoResponse
+            abort(request, rst=True)
+            raise NoResponse
         self.nonces.record(key.key_id, auth.nonce, auth.nonce_expiry, now)
-        if fault is not None:
-            await self._early_fault(fault, request)
-
-        result = action(self.state, params, key)
-        if fault is not None:
-            return self._late_fault(fault, request, rid, action_name, params, result, block)
-        self.stats.responded(block, "OK", 200)
-        return self._ok(rid, orjson.dumps({"RequestId": rid, "Result": result}))
+        return fault
 
     def _attribute(self, account: str, arrival: float, holder: list[StatsBlock]) -> StatsBlock:
         block = self.stats.account(account)
@@ -280,8 +276,8 @@ class Emulator:
             self._count_fault(fault)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self.config.hang_s)
-            _abort(request, rst=False)
-            raise _NoResponse
+            abort(request, rst=False)
+            raise NoResponse
 
     def _late_fault(
         self,
@@ -297,8 +293,8 @@ class Emulator:
         kind = fault.kind
         if kind == "reset_after":
             self._count_fault(fault)
-            _abort(request, rst=True)
-            raise _NoResponse
+            abort(request, rst=True)
+            raise NoResponse
         if kind == "partial" and action_name == "BatchGetOnlineUsers":
             self._count_fault(fault)
             uids = split_user_ids(params["UserIds"])
@@ -360,20 +356,7 @@ class EmulatorServer:
         if self._used:
             raise RuntimeError("an EmulatorServer starts once; create a new one")
         self._used = True
-        ssl_context = None
-        if self.config.tls_cert is not None:
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
-        await runner.setup()
-        try:
-            site = web.TCPSite(
-                runner, self.config.host, self.config.port, backlog=1024, ssl_context=ssl_context
-            )
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
+        runner = await listen(self.app, self.config)
         self._runner = runner
         self._port = int(runner.addresses[0][1])
 

@@ -17,12 +17,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
-from poller.config import PollerConfig, RetryConfig
+from poller.config import PollerConfig
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import ConfigError
 from poller.core.ratelimit import PacedRateLimiter, RateMeter
 from poller.core.records import LEGACY_API, Record, Target
-from poller.core.retry import Retrier, RetryBudget, RetryPolicy
+from poller.core.retry import Retrier
 from poller.core.stats import Attempt, AttemptListener, SweepStats
 from poller.wire.client import BatchFetcher, LiveClient
 from poller.wire.credentials import resolve_credentials
@@ -41,15 +41,6 @@ class _State(enum.Enum):
     UNOPENED = "unopened"  # created, not yet entered
     OPEN = "open"  # inside 'async with'
     CLOSED = "closed"  # exited; cannot be reopened
-
-
-def _policy(cfg: RetryConfig) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=cfg.max_attempts,
-        backoff_base_s=cfg.backoff_base_s,
-        backoff_cap_s=cfg.backoff_cap_s,
-        throttle_backoff_base_s=cfg.throttle_backoff_base_s,
-    )
 
 
 class Poller:
@@ -87,8 +78,8 @@ class Poller:
         self._clock = clock or system_clock()
         self._on_attempt = on_attempt
         self._retrier = Retrier(
-            _policy(config.retry),
-            RetryBudget(config.retry.budget_ratio, config.retry.budget_min_tokens),
+            config.retry.policy(),
+            config.retry.budget(),
             self._clock,
             rng=rng,
             listener=self._dispatch,
@@ -168,10 +159,7 @@ class Poller:
                 self._discovery_meter.reconfigure(limits.discovery_qps)
             self._inflight = asyncio.Semaphore(limits.max_in_flight)
         if config.retry != old.retry:
-            self._retrier.configure(
-                _policy(config.retry),
-                RetryBudget(config.retry.budget_ratio, config.retry.budget_min_tokens),
-            )
+            self._retrier.configure(config.retry.policy(), config.retry.budget())
         self._config = config
 
     def request_stop(self) -> None:

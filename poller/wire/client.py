@@ -117,7 +117,7 @@ def ssl_context_for(api: ApiConfig) -> ssl.SSLContext | None:
 
 class _BuiltinTransport:
     def __init__(self, api: ApiConfig, max_connections: int, clock: Clock) -> None:
-        host, port = _split_endpoint(api.endpoint, 443 if api.protocol == "https" else 80)
+        host, port = api.host, api.port
         self.pool = HttpPool(
             host,
             port,
@@ -135,25 +135,6 @@ class _BuiltinTransport:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
-
-
-def _split_endpoint(endpoint: str, default_port: int) -> tuple[str, int]:
-    """``host[:port]`` (``[v6]:port`` for IPv6 literals) into host and port."""
-    if endpoint.startswith("["):
-        host, _, rest = endpoint[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif endpoint.count(":") == 1:
-        host, _, port_text = endpoint.partition(":")
-    else:
-        host, port_text = endpoint, ""
-    if not port_text:
-        return host, default_port
-    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
-        raise ConfigError(f"bad port in endpoint {endpoint!r}", key="api.endpoint")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ConfigError(f"bad port in endpoint {endpoint!r}", key="api.endpoint")
-    return host, port
 
 
 class LiveClient:

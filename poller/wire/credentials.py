@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from poller.config import CredentialsConfig
+from poller.config.render import mask
 from poller.core.errors import ConfigError, CredentialsNotFound
 
 from .signing import SigningCredentials
@@ -32,11 +33,6 @@ ENV_SECRET = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
 ENV_TOKEN = "ALIBABA_CLOUD_SECURITY_TOKEN"
 ENV_FILE = "ALIBABA_CLOUD_CREDENTIALS_FILE"
 ENV_PROFILE = "ALIBABA_CLOUD_PROFILE"
-
-
-def mask(value: str | None) -> str:
-    """Show that a secret is set without showing it."""
-    return "(unset)" if not value else "****"
 
 
 def resolve_credentials(
