@@ -35,7 +35,7 @@ from poller.engine.poller import Poller
 from poller.engine.sinks import Sink, sinks_from_config
 from poller.engine.work import Plan, WorkBuilder, plan_targets
 
-from .exits import EX_CONFIG, EX_OK
+from .exits import EX_CONFIG, EX_FAILURE, EX_OK
 from .logs import log_event
 from .metrics import HealthServer, Metrics, Readiness
 from .report import SweepReport
@@ -121,7 +121,7 @@ class Daemon:
     # -- main loop -------------------------------------------------------------------------
 
     async def run(self) -> int:
-        exit_code = EX_OK
+        exit_code = EX_FAILURE  # what the summary says if something unexpected escapes
         self._sinks = sinks_from_config(self.config.sinks)
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -146,8 +146,9 @@ class Daemon:
         except ConfigError as exc:
             log_event(log, logging.ERROR, "configuration error", error=str(exc))
             exit_code = EX_CONFIG
-        notify("STOPPING=1")
-        self._log_stopped(exit_code)
+        finally:
+            notify("STOPPING=1")
+            self._log_stopped(exit_code)
         return exit_code
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

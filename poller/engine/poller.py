@@ -216,7 +216,8 @@ class Poller:
         stopped the sweep; every UID still got its record before that.
         """
         self._require_open()
-        assert self._inflight is not None and self._meter is not None
+        fetcher = self._fetcher or self._client
+        assert fetcher is not None and self._inflight is not None and self._meter is not None
         _check_targets(work)
         self._sweeps += 1
         stats = SweepStats(sweep=self._sweeps, started_at=self._clock.monotonic())
@@ -224,7 +225,7 @@ class Poller:
         ctx = SweepContext(
             stats=stats,
             deadline=stats.started_at + deadline_s if deadline_s > 0 else None,
-            fetcher=self._fetcher or self._client,  # type: ignore[arg-type]
+            fetcher=fetcher,
             retrier=self._retrier,
             meter=self._meter,
             clock=self._clock,
