@@ -103,26 +103,26 @@ class Batch:
     uids: tuple[str, ...]
 
 
-class PresenceRecord(TypedDict):
-    type: Literal["presence"]
+class _TargetUid(TypedDict):
+    """What every record has: its sweep, the target's identity and the user ID."""
+
     sweep: int
     api: str
     app_id: str
     group_id: str | None
     uid: str
+
+
+class PresenceRecord(_TargetUid):
+    type: Literal["presence"]
     online: bool
     join_time: int | None
     polled_at: int
     request_id: str
 
 
-class ErrorRecord(TypedDict):
+class ErrorRecord(_TargetUid):
     type: Literal["error"]
-    sweep: int
-    api: str
-    app_id: str
-    group_id: str | None
-    uid: str
     code: str
     message: str
     polled_at: int
@@ -131,13 +131,8 @@ class ErrorRecord(TypedDict):
     attempts: NotRequired[int]
 
 
-class ChangeRecord(TypedDict):
+class ChangeRecord(_TargetUid):
     type: Literal["change"]
-    sweep: int
-    api: str
-    app_id: str
-    group_id: str | None
-    uid: str
     online: bool
     previous_online: bool | None
     join_time: int | None

@@ -27,7 +27,7 @@ from .errors import (
 from .merge import MergeCounts
 from .records import Record
 
-__all__ = ["Attempt", "AttemptListener", "SweepStats", "Totals", "outcome_of"]
+__all__ = ["Attempt", "AttemptCounts", "AttemptListener", "SweepStats", "Totals", "outcome_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,28 +86,15 @@ _OUTCOMES: tuple[tuple[type[PollerError], str], ...] = (
 )
 
 
-@dataclass(slots=True)
-class SweepStats:
-    """Counters of one sweep (a live object while the sweep runs; read it for progress)."""
+@dataclass(slots=True, kw_only=True)
+class AttemptCounts:
+    """Request attempts counted from their :class:`Attempt` events (the one place that does)."""
 
-    sweep: int
-    started_at: float = 0.0
-    finished_at: float | None = None
-    uids_seen: int = 0
-    records: Counter[str] = field(default_factory=Counter)
     requests: int = 0
     first_attempts: int = 0
     retries: int = 0
     throttled: int = 0
     forbidden_requests: int = 0
-    batches_ok: int = 0
-    batches_failed: int = 0
-    duplicates_in_input: int = 0
-    #: New connections the builtin HTTP transport opened during the sweep (0 otherwise).
-    connections_opened: int = 0
-    merge: MergeCounts = field(default_factory=MergeCounts)
-    fatal: PollerError | None = None
-    stopped: bool = False
 
     def on_attempt(self, event: Attempt) -> None:
         self.requests += 1
@@ -119,6 +106,25 @@ class SweepStats:
             self.throttled += 1
         if event.forbidden:
             self.forbidden_requests += 1
+
+
+@dataclass(slots=True, kw_only=True)
+class SweepStats(AttemptCounts):
+    """Counters of one sweep (a live object while the sweep runs; read it for progress)."""
+
+    sweep: int
+    started_at: float = 0.0
+    finished_at: float | None = None
+    uids_seen: int = 0
+    records: Counter[str] = field(default_factory=Counter)
+    batches_ok: int = 0
+    batches_failed: int = 0
+    duplicates_in_input: int = 0
+    #: New connections the builtin HTTP transport opened during the sweep (0 otherwise).
+    connections_opened: int = 0
+    merge: MergeCounts = field(default_factory=MergeCounts)
+    fatal: PollerError | None = None
+    stopped: bool = False
 
     def count_records(self, records: list[Record]) -> None:
         """Count records by status: ``presence`` or the error code (change records by type)."""
@@ -159,25 +165,15 @@ class SweepStats:
         }
 
 
-@dataclass(slots=True)
-class Totals:
+@dataclass(slots=True, kw_only=True)
+class Totals(AttemptCounts):
     """Running totals of a long-lived poller (the daemon's "stopped" line): every attempt,
     discovery included, and every finished sweep."""
 
     sweeps: int = 0
     records: int = 0
-    requests: int = 0
-    retries: int = 0
-    throttled: int = 0
     changes: int = 0
     failed_batches: int = 0
-
-    def on_attempt(self, event: Attempt) -> None:
-        self.requests += 1
-        if event.retry_of is not None:
-            self.retries += 1
-        if event.throttled:
-            self.throttled += 1
 
     def on_sweep(self, stats: SweepStats, changes: int) -> None:
         self.sweeps += 1
