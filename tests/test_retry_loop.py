@@ -8,7 +8,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from poller.core.errors import AuthError, PollerError, ServerError, ThrottledError
+from poller.core.errors import (
+    AuthError,
+    PollerError,
+    ServerError,
+    StaleConnection,
+    ThrottledError,
+)
 from poller.core.retry import Retrier, RetryBudget, RetryPolicy
 from poller.core.stats import Attempt, SweepStats, Totals
 from tests.conftest import FakeClock, InstantRateMeter
@@ -128,3 +134,18 @@ async def test_a_continued_call_numbers_its_attempts_on() -> None:
     )
     assert [(e.number, e.retry_of) for e in events] == [(2, "MissingInResponse")]
     assert retrier.budget.tokens == budget_tokens  # only first attempts earn tokens
+
+
+async def test_a_stale_connection_is_sent_again_at_once_without_a_token() -> None:
+    budget = RetryBudget(ratio=0.0, min_tokens=0.0)  # no retry token at all
+    retrier, events, clock = make(budget=budget)
+    meter = InstantRateMeter()
+    stale = StaleConnection("the server closed the kept-alive connection")
+    outcome = await retrier.run(failing([stale, None]), meter, action="A")
+    assert outcome.value == "ok" and outcome.attempts == 2
+    assert clock.sleeps == [] and budget.spent == 0 and budget.denied == 0
+    assert meter.granted == 2  # the second send took its own rate slot
+    assert [(e.outcome, e.retry_of) for e in events] == [
+        ("connection_error", None),
+        ("ok", "ConnectionError"),
+    ]

@@ -8,7 +8,8 @@ boundary, :mod:`poller.wire.client`; everything above it catches only :class:`Po
     │   └── CredentialsNotFound           no      yes   no credential anywhere in the chain
     ├── SinkError                         no      yes   a sink cannot write
     ├── TransportError                    yes     no    connection refused/reset, DNS, TLS
-    │   └── AttemptTimeout                yes     no    no complete answer within timeout_s
+    │   ├── AttemptTimeout                yes     no    no complete answer within timeout_s
+    │   └── StaleConnection             at once   no    a reused connection died before answering
     ├── MalformedResponse                 yes     no    not JSON, wrong shape, wrong types
     └── ApiError                          (by code)     the cloud answered with an error envelope
         ├── ThrottledError                yes     no    Throttling, Throttling.User, ...
@@ -43,6 +44,7 @@ __all__ = [
     "PollerError",
     "ServerError",
     "SinkError",
+    "StaleConnection",
     "ThrottledError",
     "TransportError",
     "UnknownApiError",
@@ -59,6 +61,9 @@ class PollerError(Exception):
     retriable: bool = False
     #: A fatal error stops the whole run (bad credentials, broken sink, bad config).
     fatal: ClassVar[bool] = False
+    #: Send again at once: no backoff and no retry token (still a new, re-signed attempt that
+    #: takes a rate slot, and still within ``max_attempts``).
+    immediate: ClassVar[bool] = False
     default_code: ClassVar[str] = "Error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
@@ -117,6 +122,13 @@ class TransportError(PollerError):
 
 class AttemptTimeout(TransportError, TimeoutError):
     default_code = "Timeout"
+
+
+class StaleConnection(TransportError):
+    """A kept-alive connection died before any byte of the answer: the server closed it while
+    idle as we sent. Worth sending again at once on a fresh connection (the call is a read)."""
+
+    immediate = True
 
 
 class MalformedResponse(PollerError):

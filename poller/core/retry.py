@@ -12,7 +12,8 @@ is down the budget runs dry and requests fail fast instead of tripling the load.
 a rate slot (the first one may arrive with its slot already granted), is timed, and ends in one
 :class:`~poller.core.stats.Attempt` event; a throttling answer slows the rate meter down; a
 retriable failure is retried after backoff if the policy, the budget, the caller's stop signal
-and the deadline all allow it.
+and the deadline all allow it. An ``immediate`` failure (a kept-alive connection that died before
+answering) is sent again at once, without backoff or a retry token.
 """
 
 from __future__ import annotations
@@ -183,12 +184,13 @@ class Retrier:
                     meter.on_throttled(err.retry_after_s)
                 if not self.policy.should_retry(err, attempt) or (stopping and stopping()):
                     return Outcome(None, err, attempt)
-                delay = self.policy.backoff_s(err, attempt, self._rng)
-                if deadline is not None and clock.monotonic() + delay >= deadline:
-                    return Outcome(None, err, attempt, deadline=True)
-                if not self.budget.try_spend():
-                    return Outcome(None, err, attempt)
-                await clock.sleep(delay)
+                if not err.immediate:
+                    delay = self.policy.backoff_s(err, attempt, self._rng)
+                    if deadline is not None and clock.monotonic() + delay >= deadline:
+                        return Outcome(None, err, attempt, deadline=True)
+                    if not self.budget.try_spend():
+                        return Outcome(None, err, attempt)
+                    await clock.sleep(delay)
                 attempt += 1
                 retry_of = err.code
                 continue
