@@ -17,6 +17,7 @@ import os
 import socket
 import ssl
 import string
+import struct
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.wire.http import (
+    DNS_FAILURE_HOLD_S,
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
     BadResponse,
@@ -36,6 +38,7 @@ from poller.wire.http import (
     HttpError,
     HttpPool,
     HttpResponse,
+    StaleConnectionClosed,
     _Connection,
     describe_error,
     encode_request,
@@ -449,6 +452,7 @@ async def test_header_injection_is_refused_before_anything_is_sent() -> None:
 # -- 2. response framing ----------------------------------------------------------------------
 
 GZIPPED_TEXT = b"presence " * 200
+PACKED = gzip.compress(GZIPPED_TEXT)
 
 
 def raw_deflate(data: bytes) -> bytes:
@@ -501,20 +505,14 @@ FRAMINGS = [
         id="content-length-0",
     ),
     pytest.param(
-        Framing(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
-            200,
-            {"content-length": "2"},
-            b"ok",
-            reused=True,
-        ),
-        id="repeated-equal-content-length",
+        Framing(b"\r\n\r\n" + OK, 200, {"content-length": "2"}, b"ok", reused=True),
+        id="empty-lines-before-the-status-line",  # llhttp skips them (RFC 9112 section 2.2)
     ),
     pytest.param(
         Framing(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5;name=value\r\nhello\r\n"
-            b'1 ; quoted="a;b"\r\n \r\n'
+            b'1 ;quoted="a;b"\r\n \r\n'
             b"A\r\n0123456789\r\n"
             b"00b\r\n, chunked!!\r\n"
             b"4\r\n\r\n\r\n\r\n"
@@ -742,6 +740,40 @@ FRAMINGS = [
             exact_headers=False,
         ),
         id="transfer-encoding-beats-content-length",
+    ),
+    pytest.param(
+        Framing(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(PACKED), PACKED),
+            200,
+            {"transfer-encoding": "gzip, chunked"},
+            GZIPPED_TEXT,  # every transfer coding is removed, not only the last
+            reused=True,
+        ),
+        id="te-gzip-chunked",
+    ),
+    pytest.param(
+        Framing(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: x-gzip\r\nContent-Encoding: deflate\r\n\r\n"
+            + gzip.compress(zlib.compress(GZIPPED_TEXT)),
+            200,
+            {"transfer-encoding": "x-gzip", "content-encoding": "deflate"},
+            GZIPPED_TEXT,  # transfer coding removed first, then the content coding
+            reused=False,  # no chunked: read until close
+            close=True,
+        ),
+        id="te-gzip-until-close-then-content-deflate",
+    ),
+    pytest.param(
+        Framing(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\n\r\n",
+            200,
+            {"connection": "keep-alive", "transfer-encoding": "chunked"},
+            b"ok",
+            reused=False,  # Transfer-Encoding in HTTP/1.0: faulty framing (RFC 9112 section 6.1)
+        ),
+        id="http-1.0-with-transfer-encoding",
     ),
 ]
 
@@ -1080,7 +1112,6 @@ CL0 = b"Content-Length: 0\r\n\r\n"
         pytest.param(b"HTTP/1.1 2x0 OK\r\n" + CL0, id="non-numeric-status"),
         pytest.param(b"HTTP/1.1  200 OK\r\n" + CL0, id="double-space"),
         pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", id="not-http"),
-        pytest.param(b"\r\n\r\n", id="empty-status-line"),
         pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", id="101"),
         pytest.param(b"HTTP/1.1 200 OK\r\nNoColonHere\r\n" + CL0, id="header-without-colon"),
         pytest.param(b"HTTP/1.1 200 OK\r\n: empty-name\r\n" + CL0, id="header-empty-name"),
@@ -1098,6 +1129,22 @@ CL0 = b"Content-Length: 0\r\n\r\n"
         pytest.param(
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
             id="cl-conflicting",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+            id="cl-repeated-equal",  # llhttp refuses any repeated Content-Length
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            id="te-chunked-not-last",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: br, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            id="te-unsupported-coding",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1; q=1\r\nx\r\n0\r\n\r\n",
+            id="chunk-ext-space-after-semicolon",  # llhttp: no whitespace after the ';'
         ),
         pytest.param(
             b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1),
@@ -1129,7 +1176,7 @@ CL0 = b"Content-Length: 0\r\n\r\n"
         ),
         pytest.param(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: "
-            + b"t" * (MAX_HEAD_BYTES + 10),
+            + b"t" * (2 * MAX_HEAD_BYTES + 2048),
             id="trailer-over-max",
         ),
         pytest.param(
@@ -1155,7 +1202,7 @@ async def test_malformed_answer_raises_bad_response_and_drops_the_connection(raw
 @pytest.mark.parametrize(
     "raw",
     [
-        pytest.param(b"", id="before-answering"),
+        pytest.param(b"", id="before-answering"),  # a fresh connection: never stale
         pytest.param(b"HTTP/1.1 20", id="in-status-line"),
         pytest.param(b"HTTP/1.1 200 OK\r\nContent-Len", id="in-head"),
         pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r", id="in-blank-line"),
@@ -1180,8 +1227,9 @@ async def test_server_closing_mid_answer_raises_connection_closed(raw: bytes) ->
         RawServer(scripted(Reply(raw, close=True))) as server,
         pool_for(server, max_connections=1) as pool,
     ):
-        with pytest.raises(ConnectionClosed):
+        with pytest.raises(ConnectionClosed) as info:
             await fetch(pool, "/cut")
+        assert not isinstance(info.value, StaleConnectionClosed)
         assert (await fetch(pool, "/next")).body == echoed("/next")
         assert server.accepted == pool.connections_opened == 2
 
@@ -1218,7 +1266,6 @@ async def test_unsolicited_bytes_on_an_idle_connection_drop_it() -> None:
     "extra",
     [
         pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale", id="second-answer"),
-        pytest.param(b"\r\n", id="crlf"),
         pytest.param(b"x", id="one-byte"),
     ],
 )
@@ -1228,6 +1275,74 @@ async def test_bytes_after_a_complete_answer_stop_reuse(extra: bytes) -> None:
         # Never the stale bytes: the next request gets its own answer on a new connection.
         assert (await fetch(pool, "/b")).body == echoed("/b")
         assert server.accepted == pool.connections_opened == 2
+
+
+async def test_a_stray_crlf_after_an_answer_is_harmless() -> None:
+    # llhttp skips empty lines between answers (RFC 9112 section 2.2): the connection may be
+    # reused (or dropped, if the CRLF came in a later read), and the next answer is never off.
+    async with RawServer(scripted(OK + b"\r\n")) as server, pool_for(server) as pool:
+        assert (await fetch(pool, "/a")).body == b"ok"
+        assert (await fetch(pool, "/b")).body == echoed("/b")
+        assert server.accepted == pool.connections_opened <= 2
+
+
+async def rst(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Closes the connection with a reset (SO_LINGER 0) instead of a FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["eof", "reset"])
+async def test_a_kept_alive_connection_closed_before_any_answer_byte_is_stale(
+    reset: bool,
+) -> None:
+    # The server answers once, keeps the connection, then drops it as the second request
+    # arrives (its idle timeout racing our reuse): nothing of the answer was received.
+    drop = Reply(b"", after=rst) if reset else Reply(b"", close=True)
+    async with (
+        RawServer(scripted(OK, drop)) as server,
+        pool_for(server, max_connections=1) as pool,
+    ):
+        assert (await fetch(pool, "/a")).body == b"ok"
+        with pytest.raises(StaleConnectionClosed) as info:
+            await fetch(pool, "/b")
+        assert isinstance(info.value, ConnectionClosed)
+        assert [r.conn for r in server.requests] == [0, 0]
+        assert (await fetch(pool, "/c")).body == echoed("/c")
+        assert server.accepted == pool.connections_opened == 2
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["eof", "reset"])
+async def test_a_fresh_connection_closed_before_any_answer_byte_is_not_stale(
+    reset: bool,
+) -> None:
+    drop = Reply(b"", after=rst) if reset else Reply(b"", close=True)
+    async with RawServer(scripted(drop)) as server, pool_for(server) as pool:
+        with pytest.raises(ConnectionClosed) as info:
+            await fetch(pool, "/a")
+        assert not isinstance(info.value, StaleConnectionClosed)
+
+
+async def test_a_kept_alive_connection_closed_mid_answer_is_not_stale() -> None:
+    cut = Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhal", close=True)
+    async with RawServer(scripted(OK, cut)) as server, pool_for(server) as pool:
+        assert (await fetch(pool, "/a")).body == b"ok"
+        with pytest.raises(ConnectionClosed) as info:
+            await fetch(pool, "/b")
+        assert not isinstance(info.value, StaleConnectionClosed)
+        assert [r.conn for r in server.requests] == [0, 0]
+
+
+async def test_closing_the_pool_under_a_reused_connection_is_not_stale() -> None:
+    async with RawServer(scripted(OK, Reply(hang=True))) as server, pool_for(server) as pool:
+        assert (await fetch(pool, "/a")).body == b"ok"
+        task = asyncio.create_task(pool.request("GET", "/slow", {}))
+        await eventually(lambda: len(server.requests) == 2, "the request arrived")
+        await asyncio.wait_for(pool.aclose(), BOUND_S)
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(task, BOUND_S)
+        assert not isinstance(info.value, StaleConnectionClosed)
 
 
 async def test_connect_timeout_covers_the_tls_handshake() -> None:
@@ -1649,3 +1764,75 @@ def test_a_foreign_error_is_described_as_its_original() -> None:
     except HttpError as exc:
         assert describe_error(exc) == describe_error(original)
         assert "Signature" not in str(exc) and exc.__cause__ is original
+
+
+# -- the address cache: failures ----------------------------------------------------------------
+
+
+async def test_a_failed_lookup_is_held_briefly_then_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    answers: list[list[tuple[Any, ...]] | OSError] = []
+    lookups = 0
+    async with RawServer() as server:
+
+        async def getaddrinfo(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+            nonlocal lookups
+            lookups += 1
+            answer = answers.pop(0)
+            if isinstance(answer, OSError):
+                raise answer
+            return answer
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        answers += [socket.gaierror(-3, "Temporary failure"), _addresses(server.port)]
+        async with HttpPool("api.example", server.port, clock=clock) as pool:
+            with pytest.raises(socket.gaierror):
+                await fetch(pool, "/a")
+            clock.now += DNS_FAILURE_HOLD_S / 2  # within the hold: the failure, not a lookup
+            with pytest.raises(socket.gaierror):
+                await fetch(pool, "/b")
+            assert lookups == 1
+            clock.now += DNS_FAILURE_HOLD_S  # past it: asked again, and this time it answers
+            assert (await fetch(pool, "/c")).body == echoed("/c")
+            assert lookups == 2 and pool.connections_opened == 1
+
+
+async def test_a_failed_lookup_is_not_cached_as_an_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Known addresses outlive a failed refresh, but the failure does not renew them: once the
+    hold is over the resolver is asked again, on each connect until it answers."""
+    clock = FakeClock()
+    answers: list[list[tuple[Any, ...]] | OSError] = []
+    lookups = 0
+    async with RawServer() as server:
+
+        async def getaddrinfo(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+            nonlocal lookups
+            lookups += 1
+            answer = answers.pop(0)
+            if isinstance(answer, OSError):
+                raise answer
+            return answer
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        answers += [_addresses(server.port), socket.gaierror(-3, "Temporary failure")]
+        answers += [socket.gaierror(-3, "Temporary failure"), _addresses(server.port)]
+        pool = HttpPool("api.example", server.port, dns_ttl_s=10.0, idle_timeout_s=0, clock=clock)
+        async with pool:
+            await fetch(pool, "/a")  # lookup 1: cached for 10 s
+            clock.now += 11.0
+            await fetch(pool, "/b")  # lookup 2 fails: the last good addresses are used
+            clock.now += DNS_FAILURE_HOLD_S / 2
+            await fetch(pool, "/c")  # within the hold: no lookup
+            assert lookups == 2
+            clock.now += DNS_FAILURE_HOLD_S
+            await fetch(pool, "/d")  # lookup 3 fails again: still the last good addresses
+            clock.now += 2 * DNS_FAILURE_HOLD_S
+            await fetch(pool, "/e")  # lookup 4 answers: cached for 10 s from now
+            clock.now += 5.0
+            await fetch(pool, "/f")
+            assert lookups == 4 and not answers
+            assert pool.connections_opened == 6
