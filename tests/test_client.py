@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -12,17 +16,26 @@ from typing import Literal
 import aiohttp
 import pytest
 
-from poller.config import ApiConfig, LimitsConfig, PollerConfig, parse_config, split_endpoint
+from poller.config import (
+    ApiConfig,
+    LimitsConfig,
+    PollerConfig,
+    RetryConfig,
+    parse_config,
+    split_endpoint,
+)
 from poller.core.errors import (
     AttemptTimeout,
     AuthError,
     ConfigError,
     MalformedResponse,
     ServerError,
+    StaleConnection,
     ThrottledError,
     TransportError,
 )
 from poller.core.records import Batch, Target
+from poller.core.stats import Attempt
 from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpec
 from poller.emulator.accounts import AccessKey
 from poller.engine.poller import Poller
@@ -72,8 +85,7 @@ async def test_answers_match_the_group_and_connections_are_kept_alive(
         assert {u: got[u] for u in truth if u in got} == {u: truth[u] for u in uids if u in truth}
         assert not got.get("not-a-member", False)
     assert emulator.stats()["total"]["requests_total"] == 5
-    if transport == "builtin":
-        assert opened == 1  # five sequential calls, one keep-alive connection
+    assert opened == 1  # five sequential calls, one keep-alive connection
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -179,8 +191,14 @@ def test_endpoints_split_into_host_and_port() -> None:
 
 
 def test_the_transport_is_a_config_choice() -> None:
-    assert parse_config({}).api.transport == "builtin"
-    assert parse_config({"api": {"transport": "aiohttp"}}).api.transport == "aiohttp"
+    assert parse_config({}).api.transport == "aiohttp"
+    assert parse_config({"api": {"transport": "builtin"}}).api.transport == "builtin"
+    assert parse_config({}).api.keepalive_s == 15.0
+    assert parse_config({"api": {"keepalive_s": 4.5}}).api.keepalive_s == 4.5
+    for bad in (0, -1, float("inf")):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"api": {"keepalive_s": bad}})
+        assert caught.value.key == "api.keepalive_s"
     with pytest.raises(ConfigError) as caught:
         parse_config({"api": {"transport": "curl"}}, source="p.toml")
     assert caught.value.key == "api.transport" and "p.toml" in str(caught.value)
@@ -202,11 +220,8 @@ async def test_sweeps_report_the_connections_they_opened(
             assert poller.last is not None
             opened.append(poller.last.connections_opened)
             assert poller.last.summary()["connections_opened"] == opened[-1]
-    if transport == "builtin":
-        assert 1 <= opened[0] <= 4 + 8
-        assert opened[1] == 0  # the second sweep reused the kept-alive connections
-    else:
-        assert opened == [0, 0]  # not counted for aiohttp
+    assert 1 <= opened[0] <= 4 + 8
+    assert opened[1] == 0  # the second sweep reused the kept-alive connections
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -309,3 +324,115 @@ def test_importing_poller_does_not_import_aiohttp() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- connections counted, stale connections re-sent at once -----------------------------------
+
+ANSWER = b'{"RequestId": "r", "Result": {"OnlineUsers": [{"UserId": "u", "Online": true}]}}'
+
+
+class IdleCloser:
+    """Answers the first request of each connection (keep-alive), then closes the connection as
+    the next request arrives, as a gateway does with one it has just timed out as idle; with
+    ``reset``, with a TCP RST; with ``answer_first=False``, on the first request already."""
+
+    def __init__(self, *, reset: bool = False, answer_first: bool = True) -> None:
+        self.reset = reset
+        self.answer_first = answer_first
+        self.accepted = 0
+        self.answered = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> IdleCloser:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        task = asyncio.ensure_future(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.answer_first:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                await asyncio.wait_for(reader.readexactly(int(length[1]) if length else 0), 5.0)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER)
+                )
+                await writer.drain()
+                self.answered += 1
+            await asyncio.wait_for(reader.read(1), 30.0)  # the next request's first bytes
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            pass
+        if self.reset:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("reset", [False, True])
+async def test_a_kept_alive_connection_closed_as_we_send_is_stale(
+    transport: Transport, reset: bool
+) -> None:
+    async with IdleCloser(reset=reset) as server:
+        api = ApiConfig(endpoint=f"127.0.0.1:{server.port}", protocol="http", transport=transport)
+        async with LiveClient(api, _creds()) as client:
+            await client.fetch(_batch(["u"]))
+            with pytest.raises(StaleConnection) as caught:
+                await client.fetch(_batch(["u"]))  # on the kept-alive, now closed, connection
+            await client.fetch(_batch(["u"]))  # a fresh connection
+            assert client.connections_opened == server.accepted == 2
+    assert caught.value.retriable and caught.value.immediate
+    assert caught.value.code == "ConnectionError"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_fresh_connection_closed_before_the_answer_is_not_stale(
+    transport: Transport,
+) -> None:
+    async with IdleCloser(answer_first=False) as server:
+        api = ApiConfig(endpoint=f"127.0.0.1:{server.port}", protocol="http", transport=transport)
+        async with LiveClient(api, _creds()) as client:
+            for _ in range(2):
+                with pytest.raises(TransportError) as caught:
+                    await client.fetch(_batch(["u"]))
+                assert not isinstance(caught.value, StaleConnection)
+            assert client.connections_opened == server.accepted == 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_poller_resends_a_stale_request_at_once_without_a_retry_token(
+    transport: Transport,
+) -> None:
+    attempts: list[Attempt] = []
+    async with IdleCloser() as server:
+        config = PollerConfig(
+            api=ApiConfig(
+                endpoint=f"127.0.0.1:{server.port}", protocol="http", transport=transport
+            ),
+            retry=RetryConfig(budget_ratio=0.0, budget_min_tokens=0.0),  # no retry token at all
+        )
+        async with Poller(config, credentials=_creds(), on_attempt=attempts.append) as poller:
+            sweeps = [[r async for r in poller.sweep(TARGET, ["u"])] for _ in range(2)]
+            budget = poller._retrier.budget
+    assert [[r["type"] for r in records] for records in sweeps] == [["presence"], ["presence"]]
+    assert [(a.number, a.outcome, a.retry_of) for a in attempts] == [
+        (1, "ok", None),
+        (1, "connection_error", None),
+        (2, "ok", "ConnectionError"),  # at once, though no retry token was there to spend
+    ]
+    assert budget.spent == 0 and budget.denied == 0
+    assert server.accepted == 2 and server.answered == 2

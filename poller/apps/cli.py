@@ -43,6 +43,9 @@ def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     header = f"effective configuration of {args.file} (secrets masked)"
     print(render_toml(config, header=header), end="")
+    from poller.wire.proxy import describe_proxy
+
+    print(f"# {describe_proxy(config.api)}")
     return EX_OK
 
 

@@ -192,8 +192,12 @@ class ApiConfig(_Checked):
     verify_tls: bool = True
     #: Extra CA bundle (PEM) to trust, e.g. a corporate proxy's; the system store is kept.
     ca_file: Path | None = field(default=None, metadata=CA_BUNDLE)
-    #: What carries the requests: poller's lean HTTP/1.1 client, or an aiohttp session.
-    transport: Literal["builtin", "aiohttp"] = "builtin"
+    #: What carries the requests: an aiohttp session (honours HTTP(S)_PROXY/NO_PROXY), or
+    #: poller's lean HTTP/1.1 client (no proxy support; for many accounts in one process).
+    transport: Literal["builtin", "aiohttp"] = "aiohttp"
+    #: Idle keep-alive connections are closed after this long; keep it below the gateway's own
+    #: idle timeout, so that we, not the gateway, close an idle connection.
+    keepalive_s: float = field(default=15.0, metadata=FINITE_GT_0)
 
     @property
     def base_url(self) -> str:

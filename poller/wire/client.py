@@ -4,15 +4,20 @@ This is the only module that sees the HTTP transport's errors, asyncio timeouts 
 errors; they are translated here, once, into :mod:`poller.core.errors`. Two transports carry the
 requests (``[api] transport``):
 
-``builtin`` (default)
-    :class:`poller.wire.http.HttpPool`, a lean HTTP/1.1 keep-alive client for the one endpoint; it
-    costs a fraction of a general-purpose client's CPU per request.
-``aiohttp``
+``aiohttp`` (default)
     an ``aiohttp.ClientSession`` (:mod:`poller.wire.aiohttp_transport`, imported only when
-    chosen); also used when a session is passed in.
+    chosen): honours ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``; also used when a session is
+    passed in.
+``builtin``
+    :class:`poller.wire.http.HttpPool`, a lean HTTP/1.1 keep-alive client for the one endpoint; it
+    costs a fraction of a general-purpose client's CPU per request (many accounts in one
+    process). It cannot use a proxy, so it refuses to start when one applies to the endpoint
+    (:func:`poller.wire.proxy.check_builtin_transport`).
 
 Each transport raises only transport-neutral errors (:class:`poller.wire.http.HttpError` and its
-subclasses, ``OSError``, ``TimeoutError``), so this module never imports aiohttp.
+subclasses, ``OSError``, ``TimeoutError``), so this module never imports aiohttp. A request
+that a reused keep-alive connection lost before any answer (``StaleConnectionClosed``) becomes
+:class:`~poller.core.errors.StaleConnection`, which the retry loop sends again at once.
 
 Neither re-sends a request by itself (requests are POST with a form body, which aiohttp never
 replays; the builtin transport never replays anything), so every attempt on the wire is one we
@@ -37,12 +42,14 @@ from poller.core.errors import (
     AttemptTimeout,
     ConfigError,
     MalformedResponse,
+    StaleConnection,
     TransportError,
     error_for_response,
 )
 from poller.core.records import Batch
 
-from .http import ConnectTimeout, HttpError, HttpPool, describe_error
+from .http import ConnectTimeout, HttpError, HttpPool, StaleConnectionClosed, describe_error
+from .proxy import check_builtin_transport
 from .signing import (
     API_VERSION,
     DEFAULT_USER_AGENT,
@@ -88,6 +95,9 @@ def _retry_after_s(headers: Mapping[str, str]) -> float | None:
 
 
 class _Transport(Protocol):
+    @property
+    def connections_opened(self) -> int | None: ...
+
     async def post(
         self, target: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, Mapping[str, str], bytes]: ...
@@ -124,8 +134,13 @@ class _BuiltinTransport:
             ssl_context=ssl_context_for(api),
             max_connections=max_connections,
             connect_timeout_s=api.connect_timeout_s or None,
+            idle_timeout_s=api.keepalive_s,
             clock=clock,
         )
+
+    @property
+    def connections_opened(self) -> int:
+        return self.pool.connections_opened
 
     async def post(
         self, target: str, headers: Mapping[str, str], body: bytes
@@ -177,9 +192,10 @@ class LiveClient:
 
     @property
     def connections_opened(self) -> int | None:
-        """Connections the builtin transport opened so far (``None`` with aiohttp)."""
+        """Connections opened so far (``None`` before ``async with`` and with a caller's
+        aiohttp session, which we cannot trace)."""
         t = self._transport
-        return t.pool.connections_opened if isinstance(t, _BuiltinTransport) else None
+        return t.connections_opened if t is not None else None
 
     async def __aenter__(self) -> Self:
         if self._transport is None:
@@ -188,6 +204,7 @@ class LiveClient:
 
     def _open_transport(self) -> _Transport:
         if self.transport_name == "builtin":
+            check_builtin_transport(self._api)
             return _BuiltinTransport(self._api, self._max_connections, self._clock)
         # Imported here, not at the top: only this transport needs aiohttp (and its import time).
         from .aiohttp_transport import AiohttpTransport
@@ -256,6 +273,8 @@ class LiveClient:
             raise AttemptTimeout(
                 f"no complete answer within {self._api.timeout_s:g} s", code="Timeout"
             ) from exc
+        except StaleConnectionClosed as exc:
+            raise StaleConnection(describe_error(exc)) from exc
         except (HttpError, OSError) as exc:
             raise TransportError(describe_error(exc)) from exc
         return self._parse(status, headers, body)
