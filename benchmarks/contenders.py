@@ -242,7 +242,7 @@ async def run_poller(args: argparse.Namespace, uids: list[str] | None, tally: Ta
             protocol=args.protocol,
             timeout_s=30.0,
             ca_file=Path(args.ca_file) if args.ca_file else None,
-            transport=args.transport,
+            **({"transport": args.transport} if args.transport else {}),
         ),
         limits=LimitsConfig(qps=args.qps, max_in_flight=args.concurrency),
         sweep=SweepConfig(dedupe=args.dedupe, deadline_s=args.duration or 0.0),
@@ -505,8 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--transport",
         choices=("builtin", "aiohttp"),
-        default="builtin",
-        help="poller: [api] transport",
+        default=None,
+        help="poller: [api] transport (default: poller's default)",
     )
     parser.add_argument("--limiter", choices=LIMITERS, default="none", help="lean loop only")
     parser.add_argument("--no-dedupe", dest="dedupe", action="store_false", help="poller only")
