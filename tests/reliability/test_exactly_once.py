@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
@@ -27,9 +28,19 @@ TARGET = Target("demo-app", "demo-group")
 CREDS = SigningCredentials("demo-key", "demo-secret")
 
 
-def fast_config(endpoint: str, *, timeout_s: float = 0.3) -> PollerConfig:
+TRANSPORTS = ("aiohttp", "builtin")
+
+
+def fast_config(
+    endpoint: str, *, timeout_s: float = 0.3, transport: str = "aiohttp"
+) -> PollerConfig:
     return PollerConfig(
-        api=ApiConfig(endpoint=endpoint, protocol="http", timeout_s=timeout_s),
+        api=ApiConfig(
+            endpoint=endpoint,
+            protocol="http",
+            timeout_s=timeout_s,
+            transport=transport,  # type: ignore[arg-type]
+        ),
         limits=LimitsConfig(qps=1000, max_in_flight=16),
         retry=RetryConfig(
             max_attempts=4, backoff_base_s=0.005, backoff_cap_s=0.05, throttle_backoff_base_s=0.02
@@ -59,7 +70,7 @@ uid_lists = st.lists(st.one_of(member, member, member, weird, huge), min_size=1,
 
 
 async def faulty_sweep(
-    uids: list[str], seed: int
+    uids: list[str], seed: int, transport: str = "aiohttp"
 ) -> tuple[list[Record], dict[str, Any], Any, SpyClient]:
     config = EmulatorConfig(
         port=0,
@@ -71,7 +82,7 @@ async def faulty_sweep(
         hang_s=1.0,
     )
     async with EmulatorServer(config) as emulator:
-        poller_config = fast_config(emulator.endpoint)
+        poller_config = fast_config(emulator.endpoint, transport=transport)
         async with LiveClient(poller_config.api, CREDS) as client:
             spy = SpyClient(client)
             async with Poller(poller_config, fetcher=spy) as poller:
@@ -88,9 +99,12 @@ async def faulty_sweep(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @given(uids=uid_lists, seed=st.integers(0, 2**20))
-def test_exactly_one_record_per_uid_under_every_fault(uids: list[str], seed: int) -> None:
-    records, info, stats, spy = asyncio.run(faulty_sweep(uids, seed))
+def test_exactly_one_record_per_uid_under_every_fault(
+    transport: str, uids: list[str], seed: int
+) -> None:
+    records, info, stats, spy = asyncio.run(faulty_sweep(uids, seed, transport))
     counts = Counter(r["uid"] for r in records)
     assert set(counts) == set(uids), "a UID got no record"
     assert max(counts.values()) == 1, "a UID got two records"
@@ -107,13 +121,17 @@ def test_exactly_one_record_per_uid_under_every_fault(uids: list[str], seed: int
     assert stats.records == by_status  # the counters agree with the records
 
 
-def test_faults_really_happen_in_those_sweeps() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_faults_really_happen_in_those_sweeps(transport: str) -> None:
     uids = [f"user-{i:06d}" for i in range(1, 401)] * 1
-    records, info, stats, _ = asyncio.run(faulty_sweep(uids, 12345))
+    records, info, stats, _ = asyncio.run(faulty_sweep(uids, 12345, transport))
     assert sum(info["injected"].values()) >= 3
     assert stats.retries >= 3
     assert len(records) == len({r["uid"] for r in records}) == 400
-    print(f"\nR1: faults {info['injected']}, retries {stats.retries}, {dict(stats.records)}")
+    print(
+        f"\nR1 ({transport}): faults {info['injected']}, retries {stats.retries}, "
+        f"{dict(stats.records)}"
+    )
 
 
 # ---------------------------------------------------------------------------------- R11

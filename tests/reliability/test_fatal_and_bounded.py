@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.test_daemon import DaemonProcess, base_config, target
 TARGET = Target("demo-app", "demo-group")
 CREDS = SigningCredentials("demo-key", "demo-secret")
 UIDS = [f"user-{i:06d}" for i in range(1, 401)]
+TRANSPORTS = ("aiohttp", "builtin")
 
 
 def config_for(endpoint: str, **changes: object) -> PollerConfig:
@@ -33,11 +35,15 @@ def config_for(endpoint: str, **changes: object) -> PollerConfig:
 
 
 async def sweep(
-    emulator_config: EmulatorConfig, **changes: object
+    emulator_config: EmulatorConfig, transport: str = "aiohttp", **changes: object
 ) -> tuple[list[Record], dict[str, Any], float]:
     async with EmulatorServer(emulator_config) as emulator:
         started = time.monotonic()
-        async with Poller(config_for(emulator.endpoint, **changes), credentials=CREDS) as poller:
+        config = config_for(emulator.endpoint, **changes)
+        config = config.with_changes(
+            api=replace(config.api, transport=transport)  # type: ignore[arg-type]
+        )
+        async with Poller(config, credentials=CREDS) as poller:
             records: list[Record] = []
             try:
                 async for r in poller.sweep(TARGET, UIDS):
@@ -47,7 +53,8 @@ async def sweep(
         return records, emulator.stats(), time.monotonic() - started
 
 
-def test_reset_after_processing_never_causes_nonce_reuse() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_reset_after_processing_never_causes_nonce_reuse(transport: str) -> None:
     emu = EmulatorConfig(
         port=0,
         groups=(GroupSpec("demo-app", "demo-group", 400),),
@@ -55,21 +62,22 @@ def test_reset_after_processing_never_causes_nonce_reuse() -> None:
         faults=FaultRates.parse("reset_after=0.3"),
         seed=3,
     )
-    records, stats, _ = asyncio.run(sweep(emu))
+    records, stats, _ = asyncio.run(sweep(emu, transport))
     assert len(records) == 400
     assert stats["faults_injected"].get("reset_after", 0) >= 5
     assert "SignatureNonceUsed" not in stats["total"]["responses_by_code"]
     assert Counter(r["type"] for r in records)["presence"] >= 350
 
 
-def test_clock_skew_is_named_and_not_retried() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_clock_skew_is_named_and_not_retried(transport: str) -> None:
     emu = EmulatorConfig(
         port=0,
         groups=(GroupSpec("demo-app", "demo-group", 400),),
         qps=0,
         wall_clock=lambda: time.time() + 16 * 60,  # the server is 16 minutes ahead of us
     )
-    records, stats, _ = asyncio.run(sweep(emu))
+    records, stats, _ = asyncio.run(sweep(emu, transport))
     assert len({r["uid"] for r in records}) == 400
     codes = Counter(r["code"] for r in records if r["type"] == "error")
     assert set(codes) == {"InvalidTimeStamp.Expired"}
@@ -77,7 +85,8 @@ def test_clock_skew_is_named_and_not_retried() -> None:
     assert stats["total"]["requests_total"] <= 8  # at most what was in flight: no storm
 
 
-def test_a_hung_server_costs_at_most_the_attempt_timeout() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_hung_server_costs_at_most_the_attempt_timeout(transport: str) -> None:
     emu = EmulatorConfig(
         port=0,
         groups=(GroupSpec("demo-app", "demo-group", 400),),
@@ -86,7 +95,11 @@ def test_a_hung_server_costs_at_most_the_attempt_timeout() -> None:
         hang_s=30.0,
     )
     records, _, elapsed = asyncio.run(
-        sweep(emu, retry=RetryConfig(max_attempts=2, backoff_base_s=0.01, backoff_cap_s=0.02))
+        sweep(
+            emu,
+            transport,
+            retry=RetryConfig(max_attempts=2, backoff_base_s=0.01, backoff_cap_s=0.02),
+        )
     )
     assert {r["code"] for r in records if r["type"] == "error"} == {"Timeout"}
     attempts = Counter(r.get("attempts") for r in records)
@@ -95,7 +108,8 @@ def test_a_hung_server_costs_at_most_the_attempt_timeout() -> None:
     assert elapsed < 10.0
 
 
-def test_sweep_deadline_turns_the_rest_into_deadline_exceeded() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_sweep_deadline_turns_the_rest_into_deadline_exceeded(transport: str) -> None:
     emu = EmulatorConfig(
         port=0,
         groups=(GroupSpec("demo-app", "demo-group", 400),),
@@ -104,7 +118,12 @@ def test_sweep_deadline_turns_the_rest_into_deadline_exceeded() -> None:
         hang_s=30.0,
     )
     records, _, elapsed = asyncio.run(
-        sweep(emu, sweep=SweepConfig(deadline_s=0.5), limits=LimitsConfig(qps=20, max_in_flight=2))
+        sweep(
+            emu,
+            transport,
+            sweep=SweepConfig(deadline_s=0.5),
+            limits=LimitsConfig(qps=20, max_in_flight=2),
+        )
     )
     codes = Counter(r.get("code") for r in records)
     assert len({r["uid"] for r in records}) == 400
