@@ -41,7 +41,7 @@ from poller.emulator.accounts import AccessKey
 from poller.engine.poller import Poller
 from poller.wire.client import LiveClient
 from poller.wire.signing import SigningCredentials
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, LoopbackServer
 
 Transport = Literal["builtin", "aiohttp"]
 TRANSPORTS: tuple[Transport, ...] = ("builtin", "aiohttp")
@@ -331,35 +331,16 @@ def test_importing_poller_does_not_import_aiohttp() -> None:
 ANSWER = b'{"RequestId": "r", "Result": {"OnlineUsers": [{"UserId": "u", "Online": true}]}}'
 
 
-class IdleCloser:
+class IdleCloser(LoopbackServer):
     """Answers the first request of each connection (keep-alive), then closes the connection as
     the next request arrives, as a gateway does with one it has just timed out as idle; with
     ``reset``, with a TCP RST; with ``answer_first=False``, on the first request already."""
 
     def __init__(self, *, reset: bool = False, answer_first: bool = True) -> None:
+        super().__init__()
         self.reset = reset
         self.answer_first = answer_first
-        self.accepted = 0
         self.answered = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> IdleCloser:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        task = asyncio.ensure_future(self._serve(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

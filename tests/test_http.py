@@ -1769,23 +1769,30 @@ def test_a_foreign_error_is_described_as_its_original() -> None:
 # -- the address cache: failures ----------------------------------------------------------------
 
 
+class ScriptedResolver:
+    """The running loop's ``getaddrinfo``, answering from ``answers`` in turn (an ``OSError``
+    entry is raised) and counting the lookups."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.answers: list[list[tuple[Any, ...]] | OSError] = []
+        self.lookups = 0
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", self.getaddrinfo)
+
+    async def getaddrinfo(self, host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
+        self.lookups += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+
 async def test_a_failed_lookup_is_held_briefly_then_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = FakeClock()
-    answers: list[list[tuple[Any, ...]] | OSError] = []
-    lookups = 0
     async with RawServer() as server:
-
-        async def getaddrinfo(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
-            nonlocal lookups
-            lookups += 1
-            answer = answers.pop(0)
-            if isinstance(answer, OSError):
-                raise answer
-            return answer
-
-        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        resolver = ScriptedResolver(monkeypatch)
+        answers = resolver.answers
         answers += [socket.gaierror(-3, "Temporary failure"), _addresses(server.port)]
         async with HttpPool("api.example", server.port, clock=clock) as pool:
             with pytest.raises(socket.gaierror):
@@ -1793,10 +1800,10 @@ async def test_a_failed_lookup_is_held_briefly_then_retried(
             clock.now += DNS_FAILURE_HOLD_S / 2  # within the hold: the failure, not a lookup
             with pytest.raises(socket.gaierror):
                 await fetch(pool, "/b")
-            assert lookups == 1
+            assert resolver.lookups == 1
             clock.now += DNS_FAILURE_HOLD_S  # past it: asked again, and this time it answers
             assert (await fetch(pool, "/c")).body == echoed("/c")
-            assert lookups == 2 and pool.connections_opened == 1
+            assert resolver.lookups == 2 and pool.connections_opened == 1
 
 
 async def test_a_failed_lookup_is_not_cached_as_an_answer(
@@ -1805,19 +1812,9 @@ async def test_a_failed_lookup_is_not_cached_as_an_answer(
     """Known addresses outlive a failed refresh, but the failure does not renew them: once the
     hold is over the resolver is asked again, on each connect until it answers."""
     clock = FakeClock()
-    answers: list[list[tuple[Any, ...]] | OSError] = []
-    lookups = 0
     async with RawServer() as server:
-
-        async def getaddrinfo(host: str, port: int, **kw: Any) -> list[tuple[Any, ...]]:
-            nonlocal lookups
-            lookups += 1
-            answer = answers.pop(0)
-            if isinstance(answer, OSError):
-                raise answer
-            return answer
-
-        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        resolver = ScriptedResolver(monkeypatch)
+        answers = resolver.answers
         answers += [_addresses(server.port), socket.gaierror(-3, "Temporary failure")]
         answers += [socket.gaierror(-3, "Temporary failure"), _addresses(server.port)]
         pool = HttpPool("api.example", server.port, dns_ttl_s=10.0, idle_timeout_s=0, clock=clock)
@@ -1827,12 +1824,12 @@ async def test_a_failed_lookup_is_not_cached_as_an_answer(
             await fetch(pool, "/b")  # lookup 2 fails: the last good addresses are used
             clock.now += DNS_FAILURE_HOLD_S / 2
             await fetch(pool, "/c")  # within the hold: no lookup
-            assert lookups == 2
+            assert resolver.lookups == 2
             clock.now += DNS_FAILURE_HOLD_S
             await fetch(pool, "/d")  # lookup 3 fails again: still the last good addresses
             clock.now += 2 * DNS_FAILURE_HOLD_S
             await fetch(pool, "/e")  # lookup 4 answers: cached for 10 s from now
             clock.now += 5.0
             await fetch(pool, "/f")
-            assert lookups == 4 and not answers
+            assert resolver.lookups == 4 and not answers
             assert pool.connections_opened == 6

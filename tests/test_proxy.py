@@ -23,6 +23,7 @@ from poller.emulator import EmulatorConfig, EmulatorServer, GroupSpec
 from poller.wire.client import LiveClient
 from poller.wire.proxy import check_builtin_transport, describe_proxy, mask_proxy_url, proxy_for
 from poller.wire.signing import SigningCredentials
+from tests.conftest import LoopbackServer
 
 CREDS = SigningCredentials("demo-key", "demo-secret")
 BATCH = Batch(Target("demo-app", "demo-group"), ("user-000001",))
@@ -62,33 +63,15 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
-class ForwardProxy:
+class ForwardProxy(LoopbackServer):
     """Absolute-form requests (``POST http://127.0.0.1:PORT/ HTTP/1.1``) forwarded, keep-alive,
     and ``CONNECT 127.0.0.1:PORT`` tunnels; it counts both and keeps Proxy-Authorization."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[str] = []
         self.tunnels: list[str] = []
         self.auth: list[str] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    async def __aenter__(self) -> ForwardProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.ensure_future(self._serve(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _note_auth(self, head: bytes) -> None:
         for line in head.decode("latin-1").split("\r\n")[1:]:
