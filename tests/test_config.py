@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,7 @@ def test_parse_config_without_base_dir_keeps_relative_paths() -> None:
         ("[retry]\nbudget_ratio = nan", "retry.budget_ratio", "nan"),
         ("[daemon]\ninterval_s = 0", "daemon.interval_s", "> 0"),
         ("[sweep]\ndeadline_s = -1", "sweep.deadline_s", ">= 0"),
-        ("[limits]\nmax_in_flight = 0", "limits.max_in_flight", ">= 1"),
+        ("[limits]\nmax_in_flight = 0", "limits.max_in_flight", "between 1 and 1024"),
         ("[retry]\nmax_attempts = 0", "retry.max_attempts", ">= 1"),
         ("[sweep]\nqueue_size = 0", "sweep.queue_size", ">= 1"),
         ("[sweep]\nmax_uid_bytes = 0", "sweep.max_uid_bytes", "between"),
@@ -623,3 +624,19 @@ def test_the_config_package_imports_only_the_standard_library_and_the_core() -> 
                 top = name.split(".")[0]
                 allowed = name.startswith(("poller.core", "poller.config"))
                 assert allowed or top in sys.stdlib_module_names, f"{path.name}: {name}"
+
+
+def test_qps_above_the_documented_limit_is_a_warning_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="poller.config"):
+        config = parse_config({"limits": {"qps": 150}}, source="poller.toml")
+    assert config.limits.qps == 150.0
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "poller.toml" in warning and "limits.qps" in warning and "150" in warning
+
+
+def test_an_absurd_in_flight_limit_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"limits": {"max_in_flight": 10_000_000}}, source="poller.toml")
+    assert caught.value.key == "limits.max_in_flight" and "between 1 and 1024" in str(caught.value)

@@ -253,7 +253,7 @@ configs = st.builds(
     limits=st.builds(
         LimitsConfig,
         qps=gt_0,
-        max_in_flight=at_least_1,
+        max_in_flight=st.integers(1, 1024),
         window_margin_ms=ge_0,
         adaptive=st.booleans(),
         discovery_qps=gt_0,

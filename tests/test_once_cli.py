@@ -139,6 +139,22 @@ def test_empty_id_from_the_command_line_is_an_error_record(tmp_path: Path) -> No
     assert got["user-000002"]["type"] == "presence"
 
 
+def test_an_input_of_only_invalid_ids_exits_65_having_sent_nothing(tmp_path: Path) -> None:
+    with EmulatorProcess() as emulator:
+        code, records, stderr = run_once(
+            tmp_path,
+            emulator.config_toml(),
+            "--target",
+            "demo-app/demo-group",
+            "--uids",
+            ",bad\tid,a\u200bb",
+        )
+        sent = emulator.stats()["total"]["requests_total"]
+    assert code == 65, stderr
+    assert "nothing to poll" in stderr
+    assert {r["code"] for r in records} == {"InvalidUserId"} and sent == 0
+
+
 def test_forbidden_app_is_isolated_and_exit_77_when_everything_is_forbidden(
     tmp_path: Path,
 ) -> None:

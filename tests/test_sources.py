@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -10,8 +11,18 @@ from typing import Any, cast
 
 import pytest
 
+from poller.core.batching import invalid_reason
 from poller.core.errors import ConfigError
-from poller.engine.sources import Chunk, Stdin, UidFile, UidInput, iter_chunks, read_uid_lines
+from poller.engine import sources
+from poller.engine.sources import (
+    MAX_LINE_BYTES,
+    Chunk,
+    Stdin,
+    UidFile,
+    UidInput,
+    iter_chunks,
+    read_uid_lines,
+)
 
 
 async def collect(source: UidInput) -> list[Chunk]:
@@ -245,3 +256,30 @@ async def test_abandoned_uid_file_is_closed(tmp_path: Path) -> None:
     assert _open_fds_to(path) == 1
     await chunks.aclose()
     assert _open_fds_to(path) == 0
+
+
+def test_an_over_long_line_is_not_read_whole_and_is_shown_shortened(tmp_path: Path) -> None:
+    path = tmp_path / "uids.txt"
+    with path.open("wb") as f:
+        f.write(b"u1\n")
+        f.write(b"x" * (5 * MAX_LINE_BYTES + 7) + b"\r\n")
+        f.write(b"u3\n")
+    with path.open("rb") as f:
+        lines = list(read_uid_lines(f))
+    assert [(n, uid[:3]) for n, uid in lines] == [(1, "u1"), (2, "xxx"), (3, "u3")]
+    long_one = lines[1][1]
+    assert long_one.endswith(f"({5 * MAX_LINE_BYTES + 7} bytes in all)")
+    assert len(long_one.encode()) < 4200  # what an error record shows, not the whole line
+    assert invalid_reason(long_one, 4096) is not None  # never sent, whatever max_uid_bytes
+
+
+async def test_a_read_error_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "uids.txt"
+    path.write_text("u1\nu2\n")
+
+    def failing_take(lines: Any, n: int) -> Any:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sources, "_take", failing_take)
+    with pytest.raises(ConfigError, match=r"uids\.txt: cannot read UID file: Input/output error"):
+        [c async for c in iter_chunks(UidFile(path))]

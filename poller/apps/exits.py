@@ -7,10 +7,12 @@ import sys
 from typing import Final
 
 from poller.core.errors import AuthError
+from poller.core.records import INVALID_USER_ID
 from poller.core.stats import SweepStats
 
 __all__ = [
     "EX_CONFIG",
+    "EX_DATAERR",
     "EX_FAILURE",
     "EX_NOPERM",
     "EX_OK",
@@ -27,6 +29,8 @@ EX_OK: Final = 0
 EX_FAILURE: Final = 1
 #: Bad command-line usage.
 EX_USAGE: Final = 2
+#: Nothing to poll: every input user ID was invalid (none was sent).
+EX_DATAERR: Final = 65
 #: The API was unavailable: no request succeeded after retries.
 EX_UNAVAILABLE: Final = 69
 #: Permission denied (Forbidden) for every request.
@@ -53,6 +57,8 @@ def exit_code_for(stats: SweepStats) -> int:
         return EX_FAILURE
     if stats.requests and stats.forbidden_requests == stats.requests:
         return EX_NOPERM
+    if not stats.requests and set(stats.records) == {INVALID_USER_ID}:
+        return EX_DATAERR
     if stats.batches_failed and not stats.batches_ok and stats.requests:
         return EX_UNAVAILABLE
     return EX_OK

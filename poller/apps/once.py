@@ -25,6 +25,7 @@ from poller.engine.work import Plan, WorkBuilder, plan_targets
 
 from .exits import (
     EX_CONFIG,
+    EX_DATAERR,
     EX_NOPERM,
     EX_OK,
     EX_UNAVAILABLE,
@@ -163,6 +164,8 @@ def _report(args: argparse.Namespace, stats: SweepStats, signum: int | None) -> 
         print_error("permission denied (Forbidden) for every request: check the key's RAM policy")
     elif code == EX_UNAVAILABLE:
         print_error("the API was unavailable: no request succeeded after retries")
+    elif code == EX_DATAERR:
+        print_error("nothing to poll: every user ID was invalid (see the error records)")
     if signum is not None and code == EX_OK:
         return signal_exit_code(signum)
     return code

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import tomllib
 import types
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from poller.core.errors import ConfigError
 __all__ = ["field_types", "load_config", "parse_config", "tables"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("poller.config")
 
 _UNKNOWN_KEY = "unknown key (check spelling; see config.example.toml)"
 _UNKNOWN_SECTION = "unknown section (check spelling; see config.example.toml)"
@@ -193,7 +196,26 @@ def parse_config(
             )
             for i, e in enumerate(entries)
         )
-    return reader.build(PollerConfig, {**values, "source": source}, "")
+    config = reader.build(PollerConfig, {**values, "source": source}, "")
+    _warn_about(config)
+    return config
+
+
+#: The documented per-account budget of BatchGetOnlineUsers.
+DOCUMENTED_QPS = 100.0
+
+
+def _warn_about(config: PollerConfig) -> None:
+    """Settings that are allowed but probably wrong: said once, at load time."""
+    if config.limits.qps > DOCUMENTED_QPS:
+        where = f"{config.source}: " if config.source else ""
+        log.warning(
+            "%skey 'limits.qps' = %g is above the documented %g requests/s per account; fine if "
+            "your quota was raised, otherwise expect throttling",
+            where,
+            config.limits.qps,
+            DOCUMENTED_QPS,
+        )
 
 
 def load_config(path: str | Path) -> PollerConfig:

@@ -250,7 +250,9 @@ class LimitsConfig(_Checked):
 
     #: The account's budget for this API, requests per second (shared by every caller).
     qps: float = field(default=100.0, metadata=FINITE_GT_0)
-    max_in_flight: int = field(default=64, metadata=AT_LEAST_1)
+    #: Requests on the wire at once (1-1024: at 100 requests/s and a 10 s timeout at most 1,000
+    #: can be outstanding).
+    max_in_flight: int = field(default=64, metadata=_between(1, 1024))
     #: Requests are paced so that any ``qps`` consecutive ones span at least 1 s + this margin.
     window_margin_ms: float = field(default=20.0, metadata=FINITE_GE_0)
     #: Slow down on throttling (multiplicative decrease, gradual recovery).

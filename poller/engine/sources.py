@@ -24,7 +24,15 @@ from typing import BinaryIO, TypeAlias
 
 from poller.core.errors import ConfigError
 
-__all__ = ["Chunk", "Stdin", "UidFile", "UidInput", "iter_chunks", "read_uid_lines"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "Chunk",
+    "Stdin",
+    "UidFile",
+    "UidInput",
+    "iter_chunks",
+    "read_uid_lines",
+]
 
 CHUNK = 4096
 
@@ -56,9 +64,37 @@ class Chunk:
         return f"{self.name}:{self.lines[index]}"
 
 
+#: A line longer than this is not read whole: it cannot be a user ID (the API allows 128 bytes),
+#: so only its first bytes are kept, enough for the error record to show what it was.
+MAX_LINE_BYTES = 64 * 1024
+#: What is kept of an over-long line: more than the largest ``max_uid_bytes`` (4096), so the
+#: shortened line is still rejected, never sent.
+SHOWN_BYTES = 4097
+
+
+def _read_line(stream: BinaryIO) -> bytes:
+    """One line (with its ending); of a line longer than :data:`MAX_LINE_BYTES` only the first
+    :data:`SHOWN_BYTES` and its length are kept (the rest is read in bounded pieces and
+    dropped), as ``<start>…(<n> bytes in all)``."""
+    line = stream.readline(MAX_LINE_BYTES)
+    if len(line) < MAX_LINE_BYTES or line.endswith(b"\n"):
+        return line
+    size = len(line)
+    while True:
+        more = stream.readline(MAX_LINE_BYTES)
+        size += len(more)
+        if not more or more.endswith(b"\n"):
+            break
+    if more.endswith(b"\n"):
+        size -= 2 if more.endswith(b"\r\n") else 1
+    return line[:SHOWN_BYTES] + f"\u2026({size} bytes in all)\n".encode()
+
+
 def read_uid_lines(stream: BinaryIO) -> Iterator[tuple[int, str]]:
     """``(line_number, uid)`` for each ID line of a binary stream (see the module docstring)."""
-    for number, raw in enumerate(stream, start=1):
+    number = 0
+    while raw := _read_line(stream):
+        number += 1
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte-order mark, as some editors write
         text = raw.decode("utf-8", "surrogateescape")
@@ -79,7 +115,13 @@ def _take(lines: Iterator[tuple[int, str]], n: int) -> list[tuple[int, str]]:
 async def _file_chunks(stream: BinaryIO, name: str) -> AsyncIterator[Chunk]:
     lines = read_uid_lines(stream)
     while True:
-        part = await asyncio.to_thread(_take, lines, CHUNK)
+        try:
+            part = await asyncio.to_thread(_take, lines, CHUNK)
+        except OSError as exc:  # EIO, a vanished network mount, ...
+            raise ConfigError(
+                f"cannot read UID file: {exc.strerror or exc} (after the IDs before it)",
+                source=name,
+            ) from exc
         if not part:
             return
         yield Chunk([uid for _, uid in part], [n for n, _ in part], name)
