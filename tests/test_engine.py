@@ -4,6 +4,7 @@ event per request (discovery included), the work builder, targets keyed by API a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from poller.core.records import Batch, Record, Target
 from poller.core.stats import Attempt
 from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpec
 from poller.engine.poller import Poller
+from poller.engine.sources import UidFile
 from poller.engine.work import Plan, WorkBuilder, plan_targets
 from poller.wire.signing import SigningCredentials
 from tests.conftest import FakeClock, InstantRateMeter, ScriptedFetcher
@@ -212,3 +214,55 @@ async def test_a_failed_listing_keeps_the_last_member_list_when_asked_to(
     [(_, listed)] = first
     assert isinstance(listed, list) and len(listed) == 500
     assert failures == [(lobby, "InternalError", 500)]
+
+
+# -- UID files: read through a kept copy, so a briefly missing file is not fatal -------------
+
+
+async def test_a_missing_uid_file_uses_the_last_good_copy(tmp_path: Path) -> None:
+    uids = tmp_path / "uids.txt"
+    uids.write_text("u1\nu2\n")
+    failures: list[tuple[Target, str, bool]] = []
+    builder = WorkBuilder(
+        copies_dir=tmp_path / "state",
+        on_source_error=lambda t, e, kept: failures.append((t, str(e), kept)),
+    )
+    plans = [Plan(TARGET, UidFile(uids))]
+    async with make(ScriptedFetcher()) as poller:
+        first = await builder.build(poller, plans)
+        uids.write_text("u1\nu2\nu3\n")
+        uids.rename(tmp_path / "uids.old")  # a deploy replaces the file: it is briefly gone
+        second = await builder.build(poller, plans)
+        records = [r async for r in poller.sweep(*second[0])]
+    assert [w[1] for w in first] == [w[1] for w in second]  # the same copy, read again
+    assert sorted(r["uid"] for r in records) == ["u1", "u2"]  # the last good list
+    [(target, message, kept)] = failures
+    assert target == TARGET and kept and "uids.txt" in message and "cannot read" in message
+    assert builder.has_copy(TARGET, uids)
+
+
+async def test_a_target_whose_file_was_never_read_is_left_out(tmp_path: Path) -> None:
+    failures: list[bool] = []
+    builder = WorkBuilder(
+        copies_dir=tmp_path / "state", on_source_error=lambda t, e, kept: failures.append(kept)
+    )
+    async with make(ScriptedFetcher()) as poller:
+        work = await builder.build(poller, [Plan(TARGET, UidFile(tmp_path / "missing.txt"))])
+    assert work == [] and failures == [False]
+    with pytest.raises(ConfigError, match="UID file not found"):
+        plan_targets(
+            (TargetConfig(app_id="app", group_id="group", uids_file=tmp_path / "missing.txt"),),
+            check_files=True,
+            known_good=builder.has_copy,
+        )
+
+
+async def test_the_sweep_reads_a_snapshot_not_the_file_being_replaced(tmp_path: Path) -> None:
+    uids = tmp_path / "uids.txt"
+    uids.write_text("".join(f"u{i}\n" for i in range(100)))
+    builder = WorkBuilder(copies_dir=tmp_path / "state")
+    async with make(ScriptedFetcher()) as poller:
+        [(target, source)] = await builder.build(poller, [Plan(TARGET, UidFile(uids))])
+        uids.write_text("other\n")  # replaced while the sweep is about to read
+        records = [r async for r in poller.sweep(target, source)]
+    assert len(records) == 100

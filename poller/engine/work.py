@@ -8,8 +8,12 @@ group's members through the poller (``Poller.discover``) before each sweep.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeAlias
 
 from poller.config import TargetConfig
@@ -20,7 +24,7 @@ from .poller import Poller
 from .sources import UidFile, UidInput
 from .sweep import Work
 
-__all__ = ["DiscoveryFailed", "Plan", "WorkBuilder", "plan_targets"]
+__all__ = ["DiscoveryFailed", "Plan", "SourceFailed", "WorkBuilder", "plan_targets"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +36,17 @@ class Plan:
 
 
 def plan_targets(
-    targets: Sequence[TargetConfig], *, source: str | None = None, check_files: bool = False
+    targets: Sequence[TargetConfig],
+    *,
+    source: str | None = None,
+    check_files: bool = False,
+    known_good: Callable[[Target, Path], bool] | None = None,
 ) -> list[Plan]:
     """Where each configured target's UIDs come from.
 
     Raises :class:`ConfigError` naming the key when a target has no source, or (with
-    ``check_files``) when its UID file does not exist.
+    ``check_files``) when its UID file does not exist and ``known_good`` (e.g.
+    :meth:`WorkBuilder.has_copy`) knows no good copy of it either.
     """
     plans = []
     for i, t in enumerate(targets):
@@ -45,7 +54,8 @@ def plan_targets(
         if t.uids is not None:
             uid_source = list(t.uids)
         elif t.uids_file is not None:
-            if check_files and not t.uids_file.is_file():
+            missing = check_files and not t.uids_file.is_file()
+            if missing and not (known_good and known_good(t.target, t.uids_file)):
                 raise ConfigError(
                     f"UID file not found: {t.uids_file}",
                     source=source,
@@ -65,6 +75,9 @@ def plan_targets(
 DiscoveryFailed: TypeAlias = Callable[[Target, PollerError, list[str] | None], None]
 """Called when listing a target's members failed, with the last known list (or ``None``)."""
 
+SourceFailed: TypeAlias = Callable[[Target, ConfigError, bool], None]
+"""Called when a UID file could not be read, and whether the last good copy is used instead."""
+
 
 class WorkBuilder:
     """Turns plans into work, listing the members of discovery targets.
@@ -72,11 +85,28 @@ class WorkBuilder:
     Without ``on_discovery_error`` a failed listing raises its error. With it, the failure is
     reported there and the last member list that was listed is used (a target never listed is
     left out of that sweep). Member lists are remembered across builds.
+
+    With ``copies_dir``, every UID file is copied there before each sweep and the sweep reads the
+    copy (a stable snapshot, however the file is replaced meanwhile). A file that cannot be read
+    is reported to ``on_source_error`` and its last good copy is used; a target with no good copy
+    yet is left out of that sweep. Million-UID lists stay streamed: the copy is a file, not a list.
     """
 
-    def __init__(self, *, on_discovery_error: DiscoveryFailed | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_discovery_error: DiscoveryFailed | None = None,
+        copies_dir: Path | None = None,
+        on_source_error: SourceFailed | None = None,
+    ) -> None:
         self._on_error = on_discovery_error
         self._members: dict[TargetKey, list[str]] = {}
+        self._copies = copies_dir
+        self._on_source_error = on_source_error
+
+    def has_copy(self, target: Target, path: Path) -> bool:
+        """A good copy of ``target``'s UID file ``path`` is kept."""
+        return self._copies is not None and self._copy_path(target, path).is_file()
 
     async def build(self, poller: Poller, plans: Sequence[Plan]) -> list[Work]:
         wanted = [p.target for p in plans if p.source is None]
@@ -89,7 +119,11 @@ class WorkBuilder:
                 raise collapse(group) from None
         work: list[Work] = []
         for plan in plans:
-            if plan.source is not None:
+            if isinstance(plan.source, UidFile) and self._copies is not None:
+                copy = await self._snapshot(plan.target, plan.source.path)
+                if copy is not None:
+                    work.append((plan.target, copy))
+            elif plan.source is not None:
                 work.append((plan.target, plan.source))
             elif (members := self._members.get(plan.target.key)) is not None:
                 work.append((plan.target, members))
@@ -104,3 +138,30 @@ class WorkBuilder:
             self._on_error(target, exc, self._members.get(target.key))
             return
         self._members[target.key] = members
+
+    def _copy_path(self, target: Target, path: Path) -> Path:
+        assert self._copies is not None
+        digest = hashlib.sha256(repr((target.key, str(path))).encode()).hexdigest()[:16]
+        return self._copies / f"uids-{digest}.txt"
+
+    async def _snapshot(self, target: Target, path: Path) -> UidFile | None:
+        copy = self._copy_path(target, path)
+        try:
+            await asyncio.to_thread(_copy_file, path, copy)
+        except OSError as exc:
+            error = ConfigError(f"cannot read UID file: {exc.strerror or exc}", source=str(path))
+            kept = copy.is_file()
+            if self._on_source_error is None:
+                raise error from exc
+            self._on_source_error(target, error, kept)
+            return UidFile(copy) if kept else None
+        return UidFile(copy)
+
+
+def _copy_file(source: Path, copy: Path) -> None:
+    """``source`` copied to ``copy``, replacing it only once the whole file was read."""
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    partial = copy.with_name(copy.name + ".part")
+    with source.open("rb") as src, partial.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+    os.replace(partial, copy)
