@@ -2,7 +2,7 @@
 
 Why not plain aiolimiter: ``AsyncLimiter(100, 1)`` starts with a free burst (up to ~200 requests
 land in the first second), and the fully paced ``AsyncLimiter(1, 0.01)`` loses every late timer
-wake-up for good (about 91 % of the rate). This meter combines three rules:
+wake-up for good (about 91 % of the rate). This meter follows six rules:
 
 1. **Absolute slots.** Slot *k+1* is due ``1/rate`` after slot *k* was *due*, not after it was
    *taken*, so a late wake-up is caught up by the next acquirer instead of being lost. An idle
@@ -11,12 +11,35 @@ wake-up for good (about 91 % of the rate). This meter combines three rules:
    a new slot is granted only once the oldest of them is ``window + margin`` old. So no window
    of ``window`` seconds ever holds more than ``limit`` grants, even after catch-up, and the
    margin absorbs jitter between our send time and the server's arrival time.
-3. **Adaptive rate.** A throttling answer pauses every acquirer until the server's
-   ``retry_after``. A throttle that follows another within ``isolated_s`` also multiplies the
-   rate by ``decrease`` (at most once per window); the rate then recovers linearly by
-   ``recovery_per_s`` of the configured rate per second. Other callers in the same account
-   spend the same budget, so the meter must yield to them; a lone throttle after a quiet
-   spell (arrival jitter at the server) only pauses.
+3. **Pause.** A throttling answer pauses every acquirer until the server's ``retry_after``
+   (at most ``max_pause_s``), always, whatever the rules below decide.
+4. **Cut, on trial.** Other callers in the same account spend the same budget, so the meter
+   must yield to them: a throttle that follows another within ``isolated_s`` multiplies the
+   rate by ``decrease`` (a lone throttle after a quiet spell, arrival jitter at the server,
+   only pauses; so does any throttle in the first ``trial_s`` after an idle spell, when there
+   is nothing yet to judge a cut by). The cut is a trial: the rate stays put, no further cut
+   is made, and after ``trial_s`` (longer while too few throttles were to be expected to tell
+   anything: until 6 would have come at the fraction before, at most 5 ``trial_s``) the
+   trial's throttle fraction (throttles / grants) is compared with that of the ``trial_s``
+   before the cut (not counting the throttle that triggered it).
+5. **Keep a cut only if it helped.** It helped when the throttles stopped (fewer than 2), or
+   their fraction moved by at least ``z`` standard errors (a two-proportion z-test: falling,
+   cutting works; growing, someone is taking more of the account), or successes per second
+   fell by less than half the cut (we are above a competitor's leftover and the cut only
+   removed requests that would have been throttled). Otherwise the throttles are not ours to
+   fix (other tenants' noise, the cloud's jitter: the same fraction at any rate): the rate
+   returns to where it was before the cut and **holds** there for ``hold_s``: no cuts, no
+   recovery, pauses still honoured. A hold ends early when the throttle fraction of the last
+   ``trial_s`` climbs ``z`` standard errors above the one of the failed trial (a competitor
+   arrived during the hold).
+6. **Recover.** Outside trials and holds the rate climbs back linearly by ``recovery_per_s``
+   of the configured rate per second.
+
+So a real competitor (say 50 of the account's 100 requests/s) makes cuts help: throttles fall
+as the rate nears the leftover 50/s, cuts are kept, and the rate settles below it, probing
+upward by rule 6. Random throttles (2-5 % of answers whatever the rate) fail rule 5: they cost
+a trial at the lower rate about every ``hold_s``, not a collapse of the rate.
+``tests/test_ratelimit.py`` checks both against a simulated server.
 
 Sleeps are rounded up to whole milliseconds and re-checked, so an event loop whose timers fire
 slightly early (uvloop) costs one extra wake-up, not a spin. The meter sits behind the
@@ -35,6 +58,12 @@ from .clock import Clock, system_clock
 
 __all__ = ["PacedRateLimiter", "RateMeter", "RateStats"]
 
+#: A trial goes on until the cut's grants, at the throttle fraction before it, would have drawn
+#: this many throttles (so that "they persisted" can be told from chance)...
+_EVIDENCE = 6.0
+#: ...but for at most this many ``trial_s``.
+_LONGEST_TRIAL = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class RateStats:
@@ -44,6 +73,22 @@ class RateStats:
     max_rate: float
     throttle_events: int
     decreases: int
+    undone: int = 0  # cuts undone because they did not help (rule 5)
+    holding: bool = False  # rule 5's hold is in force
+
+
+@dataclass(frozen=True, slots=True)
+class _Trial:
+    """A cut on trial (rule 4): when it ends, the rate it replaced, and the counts to judge it."""
+
+    started: float
+    until: float  # the earliest end
+    deadline: float  # the latest end
+    rate_before: float
+    granted: int  # counters at the cut; the trial's own counts are the differences
+    throttled: int
+    before_grants: int  # the ``trial_s`` before the cut
+    before_throttles: int
 
 
 class RateMeter(Protocol):
@@ -72,6 +117,9 @@ class PacedRateLimiter:
         min_fraction: float = 0.05,
         max_pause_s: float = 10.0,
         isolated_s: float = 5.0,
+        trial_s: float = 2.0,
+        hold_s: float = 10.0,
+        z: float = 3.0,
     ) -> None:
         self._clock = clock or system_clock()
         self._window = window_s
@@ -80,18 +128,27 @@ class PacedRateLimiter:
         self._min_fraction = min_fraction
         self._max_pause = max_pause_s
         self._isolated_s = isolated_s
+        self._trial_s = trial_s
+        self._hold_s = hold_s
+        self._z = z
         self._last_throttle = -math.inf
         self._granted_at: deque[float] = deque(maxlen=1)
+        self._recent_grants: deque[float] = deque()  # the last ``trial_s`` (rule 4's "before")
+        self._recent_throttles: deque[float] = deque()
+        self._trial: _Trial | None = None
+        self._hold_until = -math.inf
+        self._active_since = math.inf
+        self._floor = (0, 0)  # throttles and grants of the trial that started the hold
         self.reconfigure(qps, margin_s=margin_s, adaptive=adaptive)
         self._next_due = -math.inf
         self._paused_until = -math.inf
-        self._cooldown_until = -math.inf
         self._recovered_at = -math.inf
         self._lock: asyncio.Lock | None = None
         self._granted = 0
         self._wait_total = 0.0
         self._throttle_events = 0
         self._decreases = 0
+        self._undone = 0
 
     def reconfigure(
         self, qps: float, *, margin_s: float | None = None, adaptive: bool = True
@@ -111,6 +168,8 @@ class PacedRateLimiter:
         self._recovery = self._recovery_per_s * self._max_rate
         self._adaptive = adaptive
         self._granted_at = deque(self._granted_at, maxlen=self._limit)
+        self._trial = None  # a trial or hold measured against the old budget means nothing now
+        self._hold_until = -math.inf
 
     @property
     def rate(self) -> float:
@@ -130,6 +189,8 @@ class PacedRateLimiter:
             max_rate=self._max_rate,
             throttle_events=self._throttle_events,
             decreases=self._decreases,
+            undone=self._undone,
+            holding=self._clock.monotonic() < self._hold_until,
         )
 
     async def acquire(self) -> float:
@@ -170,27 +231,114 @@ class PacedRateLimiter:
 
     def _grant(self, now: float, due: float) -> None:
         self._granted_at.append(now)
+        recent = self._recent_grants
+        if not recent or recent[-1] < now - self._trial_s:
+            self._active_since = now  # the first grant after an idle spell
+        _note(recent, now, now - self._trial_s)
         self._next_due = max(due, self._paused_until) + 1.0 / self._rate
         self._granted += 1
 
     def on_throttled(self, retry_after_s: float | None) -> None:
         now = self._clock.monotonic()
         self._throttle_events += 1
+        _note(self._recent_throttles, now, now - self._trial_s)
         if retry_after_s is not None and retry_after_s > 0:
             self._paused_until = max(self._paused_until, now + min(retry_after_s, self._max_pause))
+        self._judge(now)
         previous, self._last_throttle = self._last_throttle, now
         if now - previous > self._isolated_s:
             return  # one throttle after a quiet spell: a jitter blip; pausing is enough
-        if self._adaptive and now >= self._cooldown_until:
-            self._rate = max(self._min_rate, self._rate * self._decrease)
-            self._decreases += 1
-            self._cooldown_until = now + self._window
-            self._recovered_at = self._cooldown_until
+        if now < self._hold_until and self._above_floor(now):
+            self._hold_until = now  # throttles grew beyond the noise we held for
+        if (
+            self._adaptive
+            and self._trial is None
+            and now >= self._hold_until
+            and now - self._active_since >= self._trial_s  # a "before" to judge the cut by
+        ):
+            self._cut(now)
+
+    def _cut(self, now: float) -> None:
+        """Rule 4: cut the rate and put the cut on trial against the ``trial_s`` before it."""
+        grants, throttles = self._recent(now)
+        self._trial = _Trial(
+            started=now,
+            until=now + self._trial_s,
+            deadline=now + _LONGEST_TRIAL * self._trial_s,
+            rate_before=self._rate,
+            granted=self._granted,
+            throttled=self._throttle_events,
+            before_grants=grants,
+            before_throttles=throttles - 1,  # not the one that made us cut: a biased pick
+        )
+        self._rate = max(self._min_rate, self._rate * self._decrease)
+        self._decreases += 1
+
+    def _recent(self, now: float) -> tuple[int, int]:
+        """Grants and throttles in the last ``trial_s``."""
+        horizon = now - self._trial_s
+        for times in (self._recent_grants, self._recent_throttles):
+            while times and times[0] < horizon:
+                times.popleft()
+        return len(self._recent_grants), len(self._recent_throttles)
+
+    def _above_floor(self, now: float) -> bool:
+        """Whether the recent throttle fraction is clearly above the one a hold was for."""
+        grants, throttles = self._recent(now)
+        floor_throttles, floor_grants = self._floor
+        return throttles * floor_grants > floor_throttles * grants and _moved(
+            floor_throttles, floor_grants, throttles, grants, self._z
+        )
+
+    def _judge(self, now: float) -> None:
+        """Rule 5, once the trial is over: keep the cut if it helped, else undo it and hold."""
+        trial = self._trial
+        if trial is None or now < trial.until:
+            return
+        grants = self._granted - trial.granted
+        throttles = self._throttle_events - trial.throttled
+        expected = grants * trial.before_throttles / max(1, trial.before_grants)
+        if expected < _EVIDENCE and now < trial.deadline:
+            return  # too few throttles either way to tell yet: go on
+        self._trial = None
+        self._recovered_at = now
+        if throttles < 2 or _moved(
+            trial.before_throttles, trial.before_grants, throttles, grants, self._z
+        ):
+            return  # the throttles stopped, fell or grew: they answer to the rate
+        # Successes per second kept (within half the cut): only doomed requests were cut.
+        if (grants - throttles) * self._trial_s >= (1.0 + self._decrease) / 2.0 * (
+            trial.before_grants - trial.before_throttles
+        ) * (now - trial.started):
+            return
+        self._rate = trial.rate_before
+        self._undone += 1
+        self._hold_until = now + self._hold_s
+        self._floor = (trial.before_throttles + throttles, trial.before_grants + grants)
 
     def _recover(self, now: float) -> None:
-        if self._rate >= self._max_rate or now < self._cooldown_until:
-            return
-        elapsed = now - max(self._recovered_at, self._cooldown_until)
-        if elapsed > 0:
+        """Rule 6 (also where a finished trial is judged)."""
+        self._judge(now)
+        frozen = self._trial is not None or now < self._hold_until
+        if not frozen and self._rate < self._max_rate:
+            elapsed = max(0.0, now - self._recovered_at)
             self._rate = min(self._max_rate, self._rate + self._recovery * elapsed)
-            self._recovered_at = now
+        self._recovered_at = now
+
+
+def _moved(throttles_a: int, grants_a: int, throttles_b: int, grants_b: int, z: float) -> bool:
+    """Whether two throttle fractions differ by at least ``z`` standard errors (two-proportion
+    z-test; no grants on a side counts as a difference, nothing to compare with)."""
+    if grants_a <= 0 or grants_b <= 0:
+        return True
+    pooled = (throttles_a + throttles_b) / (grants_a + grants_b)
+    variance = pooled * (1.0 - pooled) * (1.0 / grants_a + 1.0 / grants_b)
+    diff = throttles_a / grants_a - throttles_b / grants_b
+    return variance <= 0.0 or diff * diff >= z * z * variance
+
+
+def _note(times: deque[float], now: float, horizon: float) -> None:
+    """Append ``now`` to ``times`` and drop the times before ``horizon``."""
+    times.append(now)
+    while times[0] < horizon:
+        times.popleft()
