@@ -17,6 +17,7 @@ boundary, :mod:`poller.wire.client`; everything above it catches only :class:`Po
         ├── NonceReusedError              yes     no    SignatureNonceUsed (re-signed retry)
         ├── AuthError                     no      yes   signature / key / token rejected (exit 78)
         │   └── ClockSkewError            no      yes   InvalidTimeStamp.*: the local clock is off
+        │       └── ClockSkewCorrected  at once   no    ... and the server's Date corrected it
         ├── PermissionDenied              no      no    Forbidden*, NoPermission (exit 77 if all)
         ├── InvalidRequestError           no      no    InvalidParameter, MissingParameter, ...
         └── UnknownApiError               5xx only      any other code
@@ -34,6 +35,7 @@ __all__ = [
     "ApiError",
     "AttemptTimeout",
     "AuthError",
+    "ClockSkewCorrected",
     "ClockSkewError",
     "ConfigError",
     "CredentialsNotFound",
@@ -195,7 +197,35 @@ class AuthError(ApiError):
 
 
 class ClockSkewError(AuthError):
-    """The server rejected our timestamp; the local clock is probably off by > 15 minutes."""
+    """The server rejected our timestamp; the local clock is probably off by > 15 minutes.
+
+    ``offset_s`` is the offset (server time minus local time) the answer's ``Date`` header
+    implied, when it had one."""
+
+    offset_s: float | None = None
+
+
+class ClockSkewCorrected(ClockSkewError):
+    """A rejected timestamp whose answer told us the server's time: the clock is corrected, and
+    the same request, signed again with the corrected time, is sent at once (once: a second
+    rejection right after a correction is a plain, fatal :class:`ClockSkewError`)."""
+
+    retriable = True
+    fatal = False
+    immediate = True
+
+    @classmethod
+    def after(cls, error: ClockSkewError, offset_s: float) -> ClockSkewCorrected:
+        """The retriable twin of ``error``, whose answer implied the clock offset ``offset_s``."""
+        retry = cls(
+            f"{error.message}; corrected the clock by {offset_s:+.0f} s (the server's Date): "
+            "signing again",
+            code=error.code,
+            http_status=error.http_status,
+            request_id=error.request_id,
+        )
+        retry.offset_s = offset_s
+        return retry
 
 
 class PermissionDenied(ApiError):

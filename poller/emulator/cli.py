@@ -45,6 +45,8 @@ async def serve(config: EmulatorConfig, stop: asyncio.Event | None = None) -> in
                 config.latency,
                 config.faults or "none",
             )
+            if config.clock_offset_s:
+                logger.info("the gateway clock is %+g s off the wall clock", config.clock_offset_s)
             await stop.wait()
             logger.info("shutting down")
     except OSError as exc:

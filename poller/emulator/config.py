@@ -1,4 +1,5 @@
-"""The emulator's configuration (:class:`EmulatorConfig`) and its command-line flags."""
+"""The emulator's configuration (:class:`EmulatorConfig`), its command-line flags, and its
+clock (:class:`ServerClock`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from poller.core.clock import http_date
+
 from .accounts import DEFAULT_KEY, AccessKey, parse_access_key, parse_sts_key
 from .faults import FaultRates, Latency
 from .state import GroupSpec
 
-__all__ = ["DEFAULT_GROUP", "DEFAULT_PORT", "EmulatorConfig", "build_parser"]
+__all__ = ["DEFAULT_GROUP", "DEFAULT_PORT", "EmulatorConfig", "ServerClock", "build_parser"]
 
 DEFAULT_PORT: Final = 8780
 DEFAULT_GROUP: Final = GroupSpec("demo-app", "demo-group", 1000)
@@ -27,6 +30,8 @@ class EmulatorConfig:
 
     ``wall_clock`` (epoch seconds) drives date checks, nonce expiry, join times and churn;
     ``monotonic`` drives the QPS windows. Inject both in tests to control time.
+    ``clock_offset_s`` is added to ``wall_clock`` for the date checks, nonce expiry and the
+    ``Date`` header (the gateway's clock), not for membership (see :class:`ServerClock`).
     """
 
     host: str = "127.0.0.1"
@@ -46,6 +51,8 @@ class EmulatorConfig:
     hang_s: float = 30.0
     date_window_s: float = 900.0
     """Accepted distance between the request's date and the wall clock (either direction)."""
+    clock_offset_s: float = 0.0
+    """Seconds added to the gateway's clock (set at run time with ``/_emulator/clock``)."""
     nonce_capacity: int = 1_000_000
     """Upper bound of remembered nonces per key (expired ones are purged long before)."""
     tls_cert: str | None = None
@@ -73,6 +80,8 @@ class EmulatorConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0")
+        if not math.isfinite(self.clock_offset_s):
+            raise ValueError("clock offset must be a finite number of seconds")
         if not (math.isfinite(self.date_window_s) and self.date_window_s > 0):
             raise ValueError("date window must be > 0 seconds")
         if self.nonce_capacity < 1:
@@ -116,6 +125,7 @@ class EmulatorConfig:
                 "fault_seed": args.fault_seed,
                 "hang_s": args.hang_s,
                 "date_window_s": args.date_window_s,
+                "clock_offset_s": args.clock_offset_s,
                 "tls_cert": args.tls_cert,
                 "tls_key": args.tls_key,
             }
@@ -166,7 +176,36 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fault-seed", type=int, default=None, help="seed of the fault sequence (default: --seed)")
     add("--hang-s", type=float, default=30.0, help="how long a 'hang' fault holds the request")
     add("--date-window-s", type=float, default=900.0, help="accepted clock skew, seconds")
+    add(
+        "--clock-offset-s",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="added to the gateway's clock (date checks and the Date header), e.g. -3600",
+    )
     add("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate chain")
     add("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
     add("--log-level", default="INFO", help="stderr log level (default: %(default)s)")
     return parser
+
+
+class ServerClock:
+    """The gateway's clock: ``wall_clock() + offset_s``. It dates the timestamp checks, nonce
+    expiry and the ``Date`` header of API answers; ``offset_s`` may be changed at run time."""
+
+    __slots__ = ("_date", "_wall", "offset_s")
+
+    def __init__(self, wall_clock: Callable[[], float], offset_s: float = 0.0) -> None:
+        self._wall = wall_clock
+        self.offset_s = offset_s
+        self._date: tuple[int, str] = (-1, "")
+
+    def now(self) -> float:
+        return self._wall() + self.offset_s
+
+    def http_date(self) -> str:
+        """The ``Date`` header for an answer sent now (formatted once per second)."""
+        second = int(self.now())
+        if second != self._date[0]:
+            self._date = (second, http_date(second))
+        return self._date[1]

@@ -15,12 +15,17 @@ These requests are not API requests: they are neither counted nor throttled nor 
 ``POST /_emulator/members`` ``{"app_id", "group_id", "join": [...], "leave": [...], "online":
                             [...], "offline": [...]}``, applied in that order
 ``GET  /_emulator/config``  the effective configuration, secrets left out
+``GET  /_emulator/clock``   ``{"offset_s": ..., "time": ...}``: the gateway clock's offset from
+                            the wall clock and its time (epoch seconds)
+``POST /_emulator/clock``   ``{"offset_s": -3600}``: step the gateway's clock (date checks, nonce
+                            expiry, the ``Date`` header; membership times are unaffected)
 =========================  ====================================================================
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -219,9 +224,32 @@ async def _get_config(emulator: Emulator, request: web.Request) -> web.StreamRes
             "latency_ms": str(config.latency),
             "hang_s": config.hang_s,
             "date_window_s": config.date_window_s,
+            "clock_offset_s": emulator.clock.offset_s,
             **_faults_view(emulator),
         }
     )
+
+
+def _clock_view(emulator: Emulator) -> dict[str, Any]:
+    clock = emulator.clock
+    return {"offset_s": clock.offset_s, "time": clock.now()}
+
+
+async def _get_clock(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+    return _json(_clock_view(emulator))
+
+
+async def _post_clock(emulator: Emulator, request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    if not isinstance(body, dict) or set(body) != {"offset_s"}:
+        raise errors.invalid_parameter("body")
+    offset = body["offset_s"]
+    if isinstance(offset, bool) or not isinstance(offset, int | float):
+        raise errors.invalid_parameter("offset_s")
+    if not math.isfinite(offset):
+        raise errors.invalid_parameter("offset_s")
+    emulator.clock.offset_s = float(offset)
+    return _json(_clock_view(emulator))
 
 
 _ROUTES: dict[str, dict[str, Endpoint]] = {
@@ -230,6 +258,7 @@ _ROUTES: dict[str, dict[str, Endpoint]] = {
     "/_emulator/faults": {"GET": _get_faults, "POST": _post_faults},
     "/_emulator/members": {"GET": _get_members, "POST": _post_members},
     "/_emulator/config": {"GET": _get_config},
+    "/_emulator/clock": {"GET": _get_clock, "POST": _post_clock},
 }
 
 

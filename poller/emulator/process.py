@@ -175,6 +175,16 @@ class EmulatorProcess:
             body["seed"] = seed
         self._request("POST", "/_emulator/faults", body)
 
+    def set_clock_offset(self, seconds: float) -> float:
+        """Step the emulator's gateway clock to ``seconds`` off the wall clock (date checks and
+        the ``Date`` header); returns the offset now in force."""
+        result = self._request("POST", "/_emulator/clock", {"offset_s": seconds})
+        return float(result["offset_s"])
+
+    def clock_offset(self) -> float:
+        """The gateway clock's offset from the wall clock, in seconds."""
+        return float(self._request("GET", "/_emulator/clock")["offset_s"])
+
     def members(self, app_id: str, group_id: str) -> Any:
         return self._request("GET", f"/_emulator/members?app_id={app_id}&group_id={group_id}")
 

@@ -19,8 +19,8 @@ Check order for an API request (``/``), first failure wins:
 7. the nonce is recorded (throttled requests record theirs too);
 8. the action: ``AppId`` present, RAM grant (403 ``Forbidden``), other parameters, work
    (:mod:`.actions`); then ``malformed``/``partial``/``reset_after`` faults shape the answer;
-9. the configured latency, then the response. Any unexpected exception is a 500
-   ``InternalError`` envelope.
+9. the configured latency, then the response, dated (``Date``) by the gateway's clock
+   (:class:`.config.ServerClock`). Any unexpected exception is a 500 ``InternalError`` envelope.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from . import errors, inspection
 from .accounts import AccessKey, KeyStore, NonceStore
 from .actions import ACTIONS, split_user_ids
 from .auth import AuthResult, Verifier
-from .config import EmulatorConfig
+from .config import EmulatorConfig, ServerClock
 from .errors import JSON_CONTENT_TYPE, ApiError
 from .faults import (
     HTML_ERROR_PAGE,
@@ -118,7 +118,7 @@ class Emulator:
         self.faults = FaultInjector(config.faults, config.effective_fault_seed)
         self.latency = config.latency
         self._latency_rng = random.Random(f"latency/{config.seed}")
-        self._wall = config.wall_clock
+        self.clock = ServerClock(config.wall_clock, config.clock_offset_s)
         self._mono = config.monotonic
         self._closing = asyncio.Event()
         self.new_request_id = errors.RequestIds()
@@ -160,6 +160,7 @@ class Emulator:
             response = self.error_response(request, rid, errors.internal_error(), block)
         if self.latency:
             await asyncio.sleep(self.latency.sample_s(self._latency_rng))
+        response.headers["Date"] = self.clock.http_date()
         return response
 
     async def _process(
@@ -193,7 +194,7 @@ class Emulator:
         if version != API_VERSION:
             raise errors.invalid_version()
 
-        now = self._wall()
+        now = self.clock.now()
         auth: AuthResult
         if v1:
             key = self.verifier.identify_v1(params)

@@ -19,6 +19,12 @@ subclasses, ``OSError``, ``TimeoutError``), so this module never imports aiohttp
 that a reused keep-alive connection lost before any answer (``StaleConnectionClosed``) becomes
 :class:`~poller.core.errors.StaleConnection`, which the retry loop sends again at once.
 
+Every answer's ``Date`` header updates the offset of the client's
+:class:`~poller.core.clock.SkewedClock`, which signs the requests. An ``InvalidTimeStamp.*`` answer
+whose ``Date`` corrected the offset its request was signed with becomes
+:class:`~poller.core.errors.ClockSkewCorrected` (sent again at once, re-signed); rejected again
+right after that, it is a final :class:`~poller.core.errors.ClockSkewError` (no loop).
+
 Neither re-sends a request by itself (requests are POST with a form body, which aiohttp never
 replays; the builtin transport never replays anything), so every attempt on the wire is one we
 signed, with its own nonce.
@@ -37,9 +43,11 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import orjson
 
 from poller.config import ApiConfig
-from poller.core.clock import Clock, system_clock
+from poller.core.clock import OFFSET_THRESHOLD_S, Clock, SkewedClock, system_clock
 from poller.core.errors import (
     AttemptTimeout,
+    ClockSkewCorrected,
+    ClockSkewError,
     ConfigError,
     MalformedResponse,
     StaleConnection,
@@ -67,6 +75,13 @@ if TYPE_CHECKING:
 __all__ = ["BatchFetcher", "LiveClient", "OnlineUsersAnswer"]
 
 log = logging.getLogger("poller.client")
+
+#: A learned clock offset beyond this many seconds is logged as a WARNING (once per change).
+WARN_OFFSET_S = 60.0
+#: Requests remembered as "just re-signed after a clock correction" (a bound, not a tuning knob).
+_MAX_CORRECTED = 1024
+
+_RequestKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +173,9 @@ class LiveClient:
     ``session`` (an ``aiohttp.ClientSession`` the caller owns) selects the aiohttp transport
     whatever ``api.transport`` says. ``clock`` (default
     :func:`~poller.core.clock.system_clock`) dates the signatures (its ``time()``) and times the
-    builtin transport's idle connections and address cache (its ``monotonic()``).
+    builtin transport's idle connections and address cache (its ``monotonic()``). Only a
+    :class:`~poller.core.clock.SkewedClock` (the default wraps the system clock; a ``Poller``
+    passes its own) is corrected from the answers' ``Date``; another clock is taken as it is.
     """
 
     def __init__(
@@ -175,7 +192,9 @@ class LiveClient:
         self._max_connections = max(max_connections + 8, 16)
         self._session = session
         self._transport: _Transport | None = None
-        self._clock: Clock = clock if clock is not None else system_clock()
+        self._clock: Clock = clock if clock is not None else SkewedClock(system_clock())
+        self._skewed = self._clock if isinstance(self._clock, SkewedClock) else None
+        self._corrected: set[_RequestKey] = set()
         self._user_agent = api.user_agent or DEFAULT_USER_AGENT
         self._host = api.endpoint
         self.attempts = 0
@@ -189,6 +208,12 @@ class LiveClient:
         if self._session is not None:
             return "aiohttp"
         return self._api.transport
+
+    @property
+    def clock(self) -> Clock:
+        """The clock that dates the signatures (``clock.offset_s``: the learned server time minus
+        local time, when it is a :class:`~poller.core.clock.SkewedClock`)."""
+        return self._clock
 
     @property
     def connections_opened(self) -> int | None:
@@ -259,6 +284,12 @@ class LiveClient:
         transport = self._transport
         if transport is None:
             raise RuntimeError("LiveClient used outside 'async with'")
+        after_correction = False
+        if self._corrected:
+            key = (action, tuple(params.items()))
+            after_correction = key in self._corrected
+            self._corrected.discard(key)
+        signed_offset = self._skewed.offset_s if self._skewed is not None else 0.0
         target, signed = self._sign(action, params)
         self.attempts += 1
         try:
@@ -277,7 +308,40 @@ class LiveClient:
             raise StaleConnection(describe_error(exc)) from exc
         except (HttpError, OSError) as exc:
             raise TransportError(describe_error(exc)) from exc
-        return self._parse(status, headers, body)
+        implied = self._learn_offset(headers)
+        try:
+            return self._parse(status, headers, body)
+        except ClockSkewError as err:
+            err.offset_s = implied
+            if implied is None or after_correction:
+                raise
+            if abs(implied - signed_offset) <= OFFSET_THRESHOLD_S:
+                raise  # signed with the server's time already: correcting cannot help
+            raise self._corrected_retry(err, (action, tuple(params.items())), implied) from None
+
+    def _learn_offset(self, headers: Mapping[str, str]) -> float | None:
+        """The offset the answer's ``Date`` implies (see :meth:`SkewedClock.observe_http_date`)."""
+        clock, raw = self._skewed, headers.get("date")
+        if clock is None or raw is None:
+            return None
+        before = clock.offset_s
+        implied = clock.observe_http_date(raw)
+        if clock.offset_s != before:
+            log.log(
+                logging.WARNING if abs(clock.offset_s) > WARN_OFFSET_S else logging.INFO,
+                "clock offset %+.1f s (the API server's time minus ours, from its Date header): "
+                "requests are signed and records dated with the corrected time",
+                clock.offset_s,
+            )
+        return implied
+
+    def _corrected_retry(
+        self, err: ClockSkewError, key: _RequestKey, implied: float
+    ) -> ClockSkewCorrected:
+        if len(self._corrected) >= _MAX_CORRECTED:
+            self._corrected.clear()
+        self._corrected.add(key)
+        return ClockSkewCorrected.after(err, implied)
 
     def _parse(
         self, status: int, headers: Mapping[str, str], body: bytes
