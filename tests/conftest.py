@@ -7,6 +7,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Self
 
 import pytest
@@ -37,6 +38,13 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.now += max(0.0, seconds) + (self.lateness() if self.lateness else 0.0)
         await asyncio.sleep(0)
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daemons started by a test (in-process or as children) keep their state in the test's own
+    folder, never in the real ``~/.local/state/poller``."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
 
 
 @pytest.fixture

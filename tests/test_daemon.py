@@ -39,7 +39,8 @@ class DaemonProcess:
             stdout=subprocess.DEVNULL,
             stderr=self._err,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            # Each daemon its own state (a daemon keeps state across restarts in its state_dir).
+            env={**os.environ, "STATE_DIRECTORY": str(tmp / "state"), **(env or {})},
         )
 
     def logs(self) -> list[dict[str, Any]]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,9 @@ import pytest
 
 from poller.core.errors import SinkError
 from poller.core.records import ChangeRecord, ErrorRecord, PresenceRecord, Record
-from poller.engine.sinks import CallbackSink, FileSink, Sink, StdoutSink
+from poller.engine import sinks as sinks_module
+from poller.engine.sinks import CallbackSink, FileSink, Sink, StdoutSink, reopen_sinks
+from tests.conftest import FakeClock
 
 
 def presence(uid: str, sweep: int = 1) -> PresenceRecord:
@@ -55,6 +61,7 @@ def change(uid: str) -> ChangeRecord:
         "previous_online": True,
         "join_time": 0,
         "polled_at": 1_764_100_042_345,
+        "version": 1,
     }
 
 
@@ -177,6 +184,217 @@ async def test_file_sink_parent_is_a_file(tmp_path: Path) -> None:
         await sink.write([presence("u1")])
     assert str(target) in str(info.value)
     await sink.aclose()
+
+
+# ----------------------------------------------------------------------------------------------
+# FileSink: a torn last line, log rotation, a removed or replaced file
+
+
+def sink_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "poller.sinks" and r.levelno == logging.WARNING
+    ]
+
+
+FRAGMENT = b'{"type":"presence","sweep":1,"api":"BatchGet'
+
+
+@pytest.mark.parametrize("block", [64 * 1024, 7])  # 7: the tail is searched over many blocks
+async def test_file_sink_cuts_a_torn_last_line_on_open(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    block: int,
+) -> None:
+    monkeypatch.setattr(sinks_module, "_TAIL_BLOCK", block)
+    path = tmp_path / "out.jsonl"
+    whole = orjson.dumps(presence("a")) + b"\n" + orjson.dumps(presence("b")) + b"\n"
+    path.write_bytes(whole + FRAGMENT)
+    sink = FileSink(path)
+    with caplog.at_level(logging.WARNING, logger="poller.sinks"):
+        await sink.write([presence("c", sweep=2)])
+        await sink.aclose()
+    data = path.read_bytes()
+    assert read_jsonl(data) == [presence("a"), presence("b"), presence("c", sweep=2)]
+    assert data == whole + orjson.dumps(presence("c", sweep=2)) + b"\n"  # the fragment is gone
+    [warning] = sink_warnings(caplog)
+    assert f"{len(FRAGMENT)} bytes" in warning
+    assert str(path) in warning
+
+
+async def test_file_sink_cuts_a_file_without_any_whole_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(FRAGMENT)
+    sink = FileSink(path)
+    with caplog.at_level(logging.WARNING, logger="poller.sinks"):
+        await sink.write([presence("a")])
+        await sink.aclose()
+    assert read_jsonl(path.read_bytes()) == [presence("a")]
+    assert any(f"{len(FRAGMENT)} bytes" in w for w in sink_warnings(caplog))
+
+
+@pytest.mark.parametrize("content", [b"", b'{"existing":true}\n'])
+async def test_file_sink_leaves_an_empty_or_whole_file_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(content)
+    sink = FileSink(path)
+    with caplog.at_level(logging.WARNING, logger="poller.sinks"):
+        await sink.write([presence("a")])
+        await sink.aclose()
+    assert path.read_bytes() == content + orjson.dumps(presence("a")) + b"\n"
+    assert sink_warnings(caplog) == []
+
+
+class ThirdPartySink:
+    """A sink with only the three protocol methods (no ``reopen``)."""
+
+    def __init__(self) -> None:
+        self.got: list[Record] = []
+
+    async def write(self, records: Sequence[Record]) -> None:
+        self.got.extend(records)
+
+    async def flush(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_reopen_after_rotation_writes_a_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        fsynced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    path = tmp_path / "out.jsonl"
+    sink = FileSink(path, fsync=True)
+    other = ThirdPartySink()
+    sinks: list[Sink] = [sink, StdoutSink(io.BytesIO()), CallbackSink(lambda r: None), other]
+    await sink.write([presence("a"), presence("b")])
+    path.rename(tmp_path / "out.jsonl.1")  # logrotate's mv
+    await reopen_sinks(sinks)
+    assert fsynced  # flushed to disk before the rotated file was closed
+    assert path.exists()  # reopened at once, like a daemon after SIGHUP
+    await sink.write([presence("c", sweep=2)])
+    await other.write([presence("c", sweep=2)])
+    await sink.aclose()
+    assert read_jsonl((tmp_path / "out.jsonl.1").read_bytes()) == [presence("a"), presence("b")]
+    assert read_jsonl(path.read_bytes()) == [presence("c", sweep=2)]
+    assert other.got == [presence("c", sweep=2)]
+
+
+def test_reopen_is_optional_for_sinks(tmp_path: Path) -> None:
+    builtin = [FileSink(tmp_path / "x"), StdoutSink(io.BytesIO()), CallbackSink(lambda r: None)]
+    assert all(isinstance(s, sinks_module.Reopenable) for s in builtin)
+    assert isinstance(ThirdPartySink(), Sink)
+    assert not isinstance(ThirdPartySink(), sinks_module.Reopenable)
+
+
+async def test_reopen_of_a_sink_never_opened_opens_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    await reopen_sinks([FileSink(path)])
+    assert not path.exists()
+
+
+async def test_reopen_sinks_reopens_all_and_raises_the_first_failure(tmp_path: Path) -> None:
+    reopened: list[str] = []
+
+    class Failing(ThirdPartySink):
+        async def reopen(self) -> None:
+            raise RuntimeError("cannot")
+
+    class Counting(ThirdPartySink):
+        async def reopen(self) -> None:
+            reopened.append("x")
+
+    with pytest.raises(RuntimeError, match="cannot"):
+        await reopen_sinks([Failing(), Counting()])
+    assert reopened == ["x"]
+
+
+async def test_file_sink_recreates_a_removed_file_and_directory(
+    tmp_path: Path, fake_clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "records"
+    path = folder / "out.jsonl"
+    sink = FileSink(path, clock=fake_clock)
+    await sink.write([presence("a")])
+    shutil.rmtree(folder)
+    fake_clock.now += FileSink.CHECK_INTERVAL
+    with caplog.at_level(logging.WARNING, logger="poller.sinks"):
+        await sink.write([presence("b")])
+    await sink.aclose()
+    assert read_jsonl(path.read_bytes()) == [presence("b")]
+    [warning] = sink_warnings(caplog)
+    assert str(path) in warning and "removed" in warning
+
+
+async def test_file_sink_notices_a_replaced_file(
+    tmp_path: Path, fake_clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "out.jsonl"
+    sink = FileSink(path, clock=fake_clock)
+    await sink.write([presence("a")])
+    os.link(path, tmp_path / "old.jsonl")  # keep the replaced inode to inspect it
+    replacement = tmp_path / "new.jsonl"
+    replacement.write_bytes(b'{"other":1}\n')
+    os.replace(replacement, path)
+    with caplog.at_level(logging.WARNING, logger="poller.sinks"):
+        fake_clock.now += FileSink.CHECK_INTERVAL / 2
+        await sink.write([presence("b")])  # not checked yet: at most once per interval
+        assert sink_warnings(caplog) == []
+        fake_clock.now += FileSink.CHECK_INTERVAL / 2
+        await sink.write([presence("c")])
+    await sink.aclose()
+    assert read_jsonl((tmp_path / "old.jsonl").read_bytes()) == [presence("a"), presence("b")]
+    assert read_jsonl(path.read_bytes()) == [{"other": 1}, presence("c")]
+    [warning] = sink_warnings(caplog)
+    assert str(path) in warning and "another file" in warning
+
+
+async def test_file_sink_unchanged_path_is_not_reopened(
+    tmp_path: Path, fake_clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "out.jsonl"
+    sink = FileSink(path, clock=fake_clock)
+    with caplog.at_level(logging.WARNING, logger="poller.sinks"):
+        for n in range(3):
+            await sink.write([presence(str(n))])
+            fake_clock.now += 5 * FileSink.CHECK_INTERVAL
+    await sink.aclose()
+    assert sink_warnings(caplog) == []
+    assert read_jsonl(path.read_bytes()) == [presence("0"), presence("1"), presence("2")]
+
+
+async def test_write_after_reopen_to_an_unwritable_location_raises(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "records"
+    path = folder / "out.jsonl"
+    sink = FileSink(path)
+    await sink.write([presence("a")])
+    folder.rename(tmp_path / "moved")
+    folder.write_text("a file where the directory was")  # root ignores modes; this blocks all
+    with caplog.at_level(logging.WARNING, logger="poller.sinks"):
+        await reopen_sinks([sink])  # the failure to open is logged, not raised here
+    assert any(str(path) in w for w in sink_warnings(caplog))
+    with pytest.raises(SinkError) as info:
+        await sink.write([presence("b")])
+    assert str(path) in str(info.value)
+    await sink.aclose()
+    assert read_jsonl((tmp_path / "moved" / "out.jsonl").read_bytes()) == [presence("a")]
 
 
 # ----------------------------------------------------------------------------------------------

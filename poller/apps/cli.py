@@ -1,4 +1,4 @@
-"""Command line: ``poller demo | once | run | check-config | emulator``.
+"""Command line: ``poller demo | once | run | check-config | state | emulator``.
 
 Records go to stdout (or ``--output``), logs and progress to stderr. Exit codes: 0 success,
 2 usage, 77 permission denied for every request, 78 configuration or credentials rejected,
@@ -49,6 +49,33 @@ def _check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _state_command(args: argparse.Namespace) -> int:
+    """``poller state show|reset``: the daemon's saved state (see poller.engine.state)."""
+    from poller.engine.state import StateStore, resolve_state_dir
+
+    config = load_config(args.config)
+    store = StateStore(resolve_state_dir(config.daemon.state_dir))
+    try:
+        if args.action == "reset":
+            store.lock()  # refuses while a daemon holds it
+            existed = store.reset()
+            print(f"state cleared: {store.path}" if existed else f"no state at {store.path}")
+            return EX_OK
+        summary = store.summary()
+        if summary is None:
+            print(f"no state yet at {store.path}")
+            return EX_OK
+        sweep, targets = summary
+        print(f"state file: {store.path}\nlast sweep: {sweep}\ntargets: {len(targets)}")
+        for t in targets:
+            api, app_id, group_id = t.key
+            where = app_id if group_id is None else f"{app_id}/{group_id}"
+            print(f"  {api} {where}: {t.uids} UIDs known, {t.online} online, last sweep {sweep}")
+        return EX_OK
+    finally:
+        store.close()
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -83,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config and print it, secrets masked")
     check.add_argument("file")
+
+    state = sub.add_parser("state", help="show or reset the daemon's saved state")
+    state.add_argument("action", choices=("show", "reset"))
+    state.add_argument("--config", required=True, help="TOML config file (for [daemon] state_dir)")
 
     sub.add_parser(
         "emulator",
@@ -120,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(lambda: run_once_command(args))
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "state":
+            return _state_command(args)
     except ConfigError as exc:
         print_error(str(exc))
         return EX_CONFIG

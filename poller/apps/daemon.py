@@ -12,6 +12,10 @@ Lifecycle:
   cancelled (their UIDs get ``Cancelled`` records, as do the unsent ones); sinks are flushed and
   closed; ``STOPPING=1``; a one-line summary; exit 0. A second signal exits at once (130/143).
 * credentials rejected in ``max_auth_failures`` consecutive sweeps: stop, exit 78.
+* state: each UID's last known state, its change version and the sweep counter are loaded from
+  ``[daemon] state_dir`` at start (locked: a second daemon on it exits 78) and saved after each
+  sweep, once the sinks flushed its records (:mod:`poller.engine.state`); so after a restart
+  the first sweep reports what changed meanwhile, with versions and sweep numbers continuing.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from poller.core.errors import AuthError, ConfigError, PollerError
 from poller.core.records import Target
 from poller.core.stats import Attempt, Totals
 from poller.engine.poller import Poller
-from poller.engine.sinks import Sink, sinks_from_config
+from poller.engine.sinks import Sink, reopen_sinks, sinks_from_config
+from poller.engine.state import StateError, StateStore, resolve_state_dir
 from poller.engine.work import Plan, WorkBuilder, plan_targets
 
 from .exits import EX_CONFIG, EX_FAILURE, EX_OK
@@ -47,10 +52,13 @@ __all__ = ["Daemon"]
 log = logging.getLogger("poller.daemon")
 
 
-def _plans(config: PollerConfig) -> list[Plan]:
+def _plans(config: PollerConfig, work: WorkBuilder) -> list[Plan]:
+    """The targets' plans; a UID file must exist unless a good copy of it is kept."""
     if not config.targets:
         raise ConfigError("no [[targets]]: the daemon has nothing to poll", source=config.source)
-    return plan_targets(config.targets, source=config.source, check_files=True)
+    return plan_targets(
+        config.targets, source=config.source, check_files=True, known_good=work.has_copy
+    )
 
 
 def _ready_max_age(config: PollerConfig) -> float:
@@ -67,7 +75,6 @@ class Daemon:
     ) -> None:
         self.config_path = Path(config_path)
         self.config = config or load_config(self.config_path)
-        self._plans = _plans(self.config)
         self._clock = clock or system_clock()
         self._stopping = False
         self._reload = False
@@ -78,8 +85,14 @@ class Daemon:
         self._readiness = Readiness(max_age_s=_ready_max_age(self.config))
         self._totals = Totals()
         self._report = SweepReport(self._metrics, self._readiness, self._totals, self._clock)
-        self._work = WorkBuilder(on_discovery_error=self._discovery_failed)
+        self._work = WorkBuilder(
+            on_discovery_error=self._discovery_failed,
+            copies_dir=resolve_state_dir(self.config.daemon.state_dir) / "uid-files",
+            on_source_error=self._source_failed,
+        )
+        self._plans = _plans(self.config, self._work)
         self._sinks: list[Sink] = []
+        self._store: StateStore | None = None
         self._signals = StopSignals(self._on_stop_signal, on_hup=self._on_hup)
 
     # -- signals ---------------------------------------------------------------------------
@@ -128,8 +141,15 @@ class Daemon:
                 stack.enter_context(self._signals)
                 stack.push_async_callback(self._close_sinks)
                 await self._start_metrics(stack)
+                tracker = ChangeTracker(self.config.daemon.emit)
+                first_sweep = await self._open_state(stack, tracker)
                 self._poller = await stack.enter_async_context(
-                    Poller(self.config, clock=self._clock, on_attempt=self._on_attempt)
+                    Poller(
+                        self.config,
+                        clock=self._clock,
+                        on_attempt=self._on_attempt,
+                        first_sweep=first_sweep,
+                    )
                 )
                 stack.push_async_callback(self._cancel_background)
                 self._start_watchdog()
@@ -142,7 +162,7 @@ class Daemon:
                     interval_s=self.config.daemon.interval_s,
                     emit=self.config.daemon.emit,
                 )
-                exit_code = await self._loop(ChangeTracker(self.config.daemon.emit))
+                exit_code = await self._loop(tracker)
         except ConfigError as exc:
             log_event(log, logging.ERROR, "configuration error", error=str(exc))
             exit_code = EX_CONFIG
@@ -168,6 +188,37 @@ class Daemon:
                 await sink.aclose()
             except PollerError as exc:
                 log_event(log, logging.ERROR, "closing a sink failed", error=str(exc))
+
+    async def _open_state(self, stack: contextlib.AsyncExitStack, tracker: ChangeTracker) -> int:
+        """Lock ``state_dir``, load the saved state into ``tracker``; the first sweep's number."""
+        store = StateStore(resolve_state_dir(self.config.daemon.state_dir))
+        store.lock()  # StateError (exit 78) when another daemon uses the directory
+        stack.callback(store.close)
+        snapshot = await asyncio.to_thread(store.load)
+        tracker.restore(snapshot.targets, snapshot.sweep)
+        self._store = store
+        log_event(
+            log,
+            logging.INFO,
+            "state loaded",
+            path=str(store.path),
+            last_sweep=snapshot.sweep,
+            targets=len(snapshot.targets),
+            uids=sum(map(len, snapshot.targets.values())),
+        )
+        return snapshot.sweep + 1
+
+    async def _save_state(self, tracker: ChangeTracker, sweep: int) -> None:
+        """Save what changed in ``sweep`` (after the sinks flushed its records)."""
+        store = self._store
+        if store is None:
+            return
+        delta = tracker.take_delta(sweep)
+        try:
+            await asyncio.to_thread(store.save, delta)
+        except StateError as exc:
+            tracker.save_failed()  # the next save rewrites everything
+            log_event(log, logging.ERROR, "saving the state failed", error=str(exc))
 
     async def _start_metrics(self, stack: contextlib.AsyncExitStack) -> None:
         listen = self.config.metrics.listen
@@ -265,7 +316,7 @@ class Daemon:
         assert poller is not None
         try:
             new = load_config(self.config_path)
-            plans = _plans(new)
+            plans = _plans(new, self._work)
             await poller.reconfigure(new)
         except ConfigError as exc:
             log_event(
@@ -276,11 +327,33 @@ class Daemon:
         if new.sinks != self.config.sinks:
             await self._close_sinks()  # everything written so far is flushed, nothing dropped
             self._sinks = sinks_from_config(new.sinks)
+        else:
+            await self._reopen_sinks()  # log rotation: files moved away get new ones
         tracker.emit = new.daemon.emit
+        if new.daemon.state_dir != self.config.daemon.state_dir:
+            log_event(log, logging.WARNING, "a new [daemon] state_dir applies after a restart")
         self.config, self._plans = new, plans
         self._readiness.max_age_s = _ready_max_age(new)
         log_event(log, logging.INFO, "reloaded", targets=len(new.targets))
         notify("READY=1\nSTATUS=polling")
+
+    async def _reopen_sinks(self) -> None:
+        try:
+            await reopen_sinks(self._sinks)
+        except PollerError as exc:  # the next write fails loudly; a reload must not
+            log_event(log, logging.ERROR, "reopening a sink failed", error=str(exc))
+
+    def _source_failed(self, target: Target, exc: ConfigError, kept: bool) -> None:
+        self._metrics.uid_file_errors.inc()
+        self._report.problem(f"UID file of {target} unreadable: {exc.detail}")
+        log_event(
+            log,
+            logging.ERROR,
+            "UID file unreadable",
+            target=str(target),
+            error=str(exc),
+            using="the last good copy" if kept else "nothing: the target is skipped this sweep",
+        )
 
     def _discovery_failed(self, target: Target, exc: PollerError, known: list[str] | None) -> None:
         log_event(
@@ -315,7 +388,13 @@ class Daemon:
         if stats is None:
             return True
         online = tracker.end_sweep(stats.sweep, {t.key for t, _ in work})
+        await self._save_state(tracker, stats.sweep)
         changes = tracker.changes - changes_before
         return self._report.sweep_done(
-            stats, online, changes, fatal, self.config.daemon.max_auth_failures
+            stats,
+            online,
+            changes,
+            fatal,
+            self.config.daemon.max_auth_failures,
+            clock_offset_s=poller.clock.offset_s,
         )

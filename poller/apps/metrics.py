@@ -30,17 +30,26 @@ __all__ = ["HealthServer", "Metrics", "Readiness"]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _SWEEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+_CLOCK_OFFSET_HELP = "The API server's clock minus the local clock, learned from its Date headers."
+
+
+#: Distinct ``status`` labels of ``poller_uids_total`` kept apart; later new codes are "other".
+MAX_STATUS_LABELS = 40
 
 
 class Metrics:
-    """The daemon's metrics; also the pipeline's :class:`~poller.engine.poller.Observer`."""
+    """The daemon's metrics, fed by every :class:`~poller.core.stats.Attempt` and sweep."""
 
     def __init__(
         self, registry: CollectorRegistry | None = None, *, clock: Clock | None = None
     ) -> None:
         self._clock = clock or system_clock()
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        self._statuses: set[str] = set()
+        self._request_metrics(self.registry)
+        self._sweep_metrics(self.registry)
+
+    def _request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "poller_requests", "HTTP attempts by outcome.", ["outcome"], registry=r
         )
@@ -50,32 +59,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.sweep_duration = Histogram(
-            "poller_sweep_duration_seconds",
-            "Duration of a whole sweep.",
-            buckets=_SWEEP_BUCKETS,
-            registry=r,
-        )
-        self.sweeps = Counter("poller_sweeps", "Sweeps completed.", registry=r)
-        self.uids = Counter(
-            "poller_uids",
-            "Per-UID results of every sweep: 'presence' or the error code.",
-            ["status"],
-            registry=r,
-        )
-        self.changes = Counter("poller_changes", "Change records emitted.", registry=r)
-        self.online = Gauge(
-            "poller_online_users",
-            "Users online at the last sweep.",
-            ["app_id", "group_id"],
-            registry=r,
-        )
         self.throttled = Counter(
             "poller_throttled", "Answers that said the account was throttled.", registry=r
         )
         self.connections = Counter(
             "poller_http_connections_opened",
-            "Connections (TCP, with TLS where used) the builtin HTTP transport opened.",
+            "Connections (TCP, with TLS where used) the HTTP transport opened.",
             registry=r,
         )
         self.retries = Counter(
@@ -87,12 +76,51 @@ class Metrics:
             buckets=_WAIT_BUCKETS,
             registry=r,
         )
+        self.clock_offset = Gauge("poller_clock_offset_seconds", _CLOCK_OFFSET_HELP, registry=r)
+
+    def _sweep_metrics(self, r: CollectorRegistry) -> None:
+        self.sweep_duration = Histogram(
+            "poller_sweep_duration_seconds",
+            "Duration of a whole sweep.",
+            buckets=_SWEEP_BUCKETS,
+            registry=r,
+        )
+        self.sweeps = Counter("poller_sweeps", "Sweeps completed.", registry=r)
+        self.uids = Counter(
+            "poller_uids",
+            "Per-UID results of every sweep: 'presence' or the error code "
+            f"(at most {MAX_STATUS_LABELS} distinct; later new codes count as 'other').",
+            ["status"],
+            registry=r,
+        )
+        self.changes = Counter("poller_changes", "Change records emitted.", registry=r)
+        self.online = Gauge(
+            "poller_online_users",
+            "Users online at the last sweep.",
+            ["app_id", "group_id"],
+            registry=r,
+        )
+        self.uid_file_errors = Counter(
+            "poller_uid_file_errors",
+            "Sweeps in which a UID file could not be read (its last good copy was used).",
+            registry=r,
+        )
         self.ready = Gauge("poller_ready", "1 when /readyz would answer 200.", registry=r)
         self.last_sweep = Gauge(
             "poller_last_sweep_timestamp_seconds",
             "Unix time the last sweep finished.",
             registry=r,
         )
+
+    def _status_label(self, status: str) -> str:
+        """``status``, while fewer than :data:`MAX_STATUS_LABELS` distinct ones were seen:
+        server error codes are open-ended, a metric's series must not be."""
+        if status in self._statuses:
+            return status
+        if len(self._statuses) < MAX_STATUS_LABELS:
+            self._statuses.add(status)
+            return status
+        return "other"
 
     def on_attempt(self, event: Attempt) -> None:
         """Every request attempt, discovery included (an :data:`AttemptListener`)."""
@@ -108,7 +136,7 @@ class Metrics:
         self.sweeps.inc()
         self.sweep_duration.observe(stats.duration_s)
         for status, count in stats.records.items():
-            self.uids.labels(status).inc(count)
+            self.uids.labels(self._status_label(status)).inc(count)
         for (_, app_id, group_id), count in online.items():
             self.online.labels(app_id, group_id or "").set(count)
         self.changes.inc(changes)

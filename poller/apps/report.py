@@ -1,12 +1,16 @@
 """What the daemon does with a finished sweep: totals, metrics, readiness, the sweep's log line,
-and the count of consecutive sweeps whose credentials were rejected."""
+and the count of consecutive sweeps whose credentials were rejected.
+
+A :class:`~poller.core.errors.ClockSkewError` (the cloud rejected our timestamp even after the
+clock was corrected from its ``Date`` header, or it sent none) is not a rejected credential: it
+is logged as clock skew, with the offset, and the daemon keeps polling."""
 
 from __future__ import annotations
 
 import logging
 
 from poller.core.clock import Clock
-from poller.core.errors import AuthError
+from poller.core.errors import AuthError, ClockSkewError
 from poller.core.records import TargetKey
 from poller.core.stats import SweepStats, Totals
 
@@ -27,6 +31,7 @@ class SweepReport:
         self._totals = totals
         self._clock = clock
         self.auth_failures = 0
+        self._problems: list[str] = []
 
     def sweep_done(
         self,
@@ -35,20 +40,32 @@ class SweepReport:
         changes: int,
         rejected: AuthError | None,
         max_auth_failures: int,
+        *,
+        clock_offset_s: float | None = None,
     ) -> bool:
-        """Account for a sweep; ``False`` when the credentials were rejected too often."""
+        """Account for a sweep; ``False`` when the credentials were rejected too often.
+
+        ``clock_offset_s`` is the poller's learned clock offset (``poller.clock.offset_s``)."""
         self._totals.on_sweep(stats, changes)
         self._metrics.sweep_done(stats, online, changes)
+        if clock_offset_s is not None:
+            self._metrics.clock_offset.set(clock_offset_s)
         r = self._readiness
         r.last_sweep_at = self._clock.monotonic()
         keep_going = True
-        if rejected is not None:
+        if isinstance(rejected, ClockSkewError):
+            self._clock_skew(rejected)
+        elif rejected is not None:
             keep_going = self._rejected(rejected, max_auth_failures)
         else:
             self.auth_failures = 0
             r.credentials_ok = True if stats.batches_ok else r.credentials_ok
             r.last_sweep_ok = stats.batches_ok > 0 or stats.requests == 0
             r.reason = "ok" if r.last_sweep_ok else "no request of the last sweep succeeded"
+        if self._problems:  # e.g. a UID file that could not be read: ready again once it can
+            r.last_sweep_ok = False
+            r.reason = "; ".join(self._problems)
+            self._problems.clear()
         log_event(
             log,
             logging.INFO,
@@ -58,6 +75,25 @@ class SweepReport:
             online=sum(online.values()),
         )
         return keep_going
+
+    def problem(self, reason: str) -> None:
+        """Something in this sweep's input went wrong (readiness says so after the sweep)."""
+        self._problems.append(reason)
+
+    def _clock_skew(self, error: ClockSkewError) -> None:
+        """Not the credentials: the count of rejected sweeps is left as it was."""
+        r = self._readiness
+        r.last_sweep_ok = False
+        r.reason = f"clock skew: the API rejected our timestamp ({error.code})"
+        if error.offset_s is not None:
+            self._metrics.clock_offset.set(error.offset_s)
+        log_event(
+            log,
+            logging.ERROR,
+            "clock skew: the API rejected our timestamp; check the local clock (NTP)",
+            code=error.code,
+            offset_s=None if error.offset_s is None else round(error.offset_s, 1),
+        )
 
     def _rejected(self, error: AuthError, limit: int) -> bool:
         self.auth_failures += 1

@@ -1,11 +1,10 @@
 """The configuration model: frozen dataclasses whose fields carry their defaults and checks.
 
-Each default is written once, as the field's default. A field's own check sits beside it in the
-field's metadata (``metadata=FINITE_GT_0``) and runs when the dataclass is constructed; checks
-that involve several fields live in the ``__post_init__`` of the dataclass they concern. Errors
-are :class:`ConfigError` naming the dotted key (``limits.qps``); a dataclass that is one entry of
-an array (:class:`TargetConfig`, :class:`SinkConfig`) names keys relative to itself (``app_id``)
-and the loader prefixes them with the entry (``targets[2].app_id``).
+Each default is written once, as the field's default. A field's own check sits in its metadata
+(``metadata=FINITE_GT_0``) and runs at construction; checks of several fields live in the
+``__post_init__`` of their dataclass. Errors are :class:`ConfigError` naming the dotted key
+(``limits.qps``); an entry of an array (:class:`TargetConfig`, :class:`SinkConfig`) names keys
+relative to itself (``app_id``), prefixed by the loader (``targets[2].app_id``).
 
 Metadata keys the loader and the renderer read:
 
@@ -342,6 +341,7 @@ class DaemonConfig(_Checked):
     drain_timeout_s: float = field(default=10.0, metadata=FINITE_GE_0)
     #: Consecutive sweeps whose credentials were rejected before the daemon gives up (exit 78).
     max_auth_failures: int = field(default=3, metadata=AT_LEAST_1)
+    state_dir: Path | None = None  #: unset: $STATE_DIRECTORY, else ~/.local/state/poller
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

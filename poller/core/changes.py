@@ -1,63 +1,142 @@
-"""Change detection across sweeps (pure): remember each UID's last presence, report flips.
+"""Change detection across sweeps (pure): remember each UID's last known presence, report
+transitions, and hand the daemon what to persist.
 
-A ``change`` record is emitted when a UID's ``online`` flips or its ``join_time`` changes (a
-re-join) between two sweeps. Error records never change the remembered state (a failed poll
-says nothing about presence). UIDs absent from a sweep are forgotten after it, so a UID list
-that shrinks on reload does not leak memory.
+Semantics, per target (API, app, group) and UID:
+
+* a ``change`` record is emitted when the state differs from the last *known* one: ``online``
+  flips or ``join_time`` changes (a re-join). Error records never change the known state (a
+  failed poll says nothing about presence); they only mark the UID as still present;
+* a target's first sweep learns states silently (version 0, no record). A UID that was in the
+  list from the target's first sweep but whose polls all failed so far is learned silently on
+  its first success too; a UID added to a known target later gets a change record with
+  ``previous_online: None`` (version 1), unless ``emit = "all"`` already writes its presence;
+* each transition increments the UID's ``version`` (see :mod:`poller.core.records`);
+* UIDs absent from a sweep's input are forgotten after it (an error record counts as present),
+  and so are targets absent from it, so a shrinking list does not leak memory.
+
+The tracker keeps track of what changed since the state was last saved (:meth:`take_delta`),
+so a store upserts only the changed rows of a million-UID target at each sweep.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
 
-from .records import ChangeRecord, Record, TargetKey, change_record, target_key
+from .records import (
+    ChangeRecord,
+    ErrorRecord,
+    PresenceRecord,
+    Record,
+    TargetKey,
+    change_record,
+    target_key,
+)
 
-__all__ = ["ChangeTracker"]
+__all__ = ["ChangeTracker", "StateDelta", "UidState"]
+
+UidState: TypeAlias = tuple[bool | None, int | None, int, bool]
+"""What is remembered (and persisted) of a UID: ``(online, join_time, version, announce)``;
+``online`` is ``None`` while every poll of the UID failed, and ``announce`` says whether its
+first success is reported (a UID added after the target's first sweep)."""
+
+# In memory, each UID also carries the last sweep it was seen in (not persisted).
+_Entry: TypeAlias = tuple[bool | None, int | None, int, bool, int]
+
+
+@dataclass(slots=True)
+class StateDelta:
+    """What changed since the last :meth:`ChangeTracker.take_delta`: the rows to upsert, the
+    UIDs and targets to delete; ``full`` replaces the whole stored state with ``upserts``."""
+
+    sweep: int
+    full: bool = False
+    upserts: dict[TargetKey, dict[str, UidState]] = field(default_factory=dict)
+    deletes: dict[TargetKey, set[str]] = field(default_factory=dict)
+    dropped: set[TargetKey] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.upserts.values())) + sum(map(len, self.deletes.values()))
 
 
 class ChangeTracker:
-    """Per-target memory of ``uid -> (online, join_time, sweep)``, keyed by the target's
-    identity (API, app, group)."""
+    """Per-target memory of each UID's last known state, keyed by the target's identity."""
 
     def __init__(self, emit: Literal["changes", "all"] = "changes") -> None:
         self.emit = emit
-        self._state: dict[TargetKey, dict[str, tuple[bool, int | None, int]]] = {}
+        self._state: dict[TargetKey, dict[str, _Entry]] = {}
         self._first_sweep: dict[TargetKey, int] = {}
+        self._dirty: dict[TargetKey, set[str]] = {}
+        self._deleted: dict[TargetKey, set[str]] = {}
+        self._dropped: set[TargetKey] = set()
+        self._full = True  # nothing saved yet: the first delta replaces whatever is stored
         self.changes = 0
+
+    # -- records ---------------------------------------------------------------------------
 
     def process(self, records: list[Record]) -> list[Record]:
         """Records to write for one batch of sweep records (in order)."""
         out: list[Record] = []
-        emit_all = self.emit == "all"
         for rec in records:
             if rec["type"] == "presence":
-                key = target_key(rec)
-                states = self._state.get(key)
-                if states is None:
-                    states = self._state[key] = {}
-                    self._first_sweep[key] = rec["sweep"]
-                first = self._first_sweep[key] == rec["sweep"]
-                uid, online, join_time = rec["uid"], rec["online"], rec["join_time"]
-                prev = states.get(uid)
-                states[uid] = (online, join_time, rec["sweep"])
-                if emit_all:
-                    out.append(rec)
-                # A flip or a re-join is a change; so is a UID new to a known target (added to
-                # its list, or a new member). On a target's very first sweep state is learned.
-                changed = prev is not None and (prev[0] != online or prev[1] != join_time)
-                if changed or (prev is None and not first and not emit_all):
-                    self.changes += 1
-                    change: ChangeRecord = change_record(rec, None if prev is None else prev[0])
-                    out.append(change)
-            elif rec["type"] == "error":
-                states = self._state.get(target_key(rec))
-                if states is not None and rec["uid"] in states:
-                    online, join_time, _ = states[rec["uid"]]
-                    states[rec["uid"]] = (online, join_time, rec["sweep"])  # keep, not forget
-                out.append(rec)
+                self._presence(rec, out)
             else:
+                if rec["type"] == "error":
+                    self._error(rec)
                 out.append(rec)
         return out
+
+    def _target(self, rec: PresenceRecord | ErrorRecord) -> tuple[TargetKey, dict[str, _Entry]]:
+        key = target_key(rec)
+        states = self._state.get(key)
+        if states is None:
+            states = self._state[key] = {}
+            self._first_sweep[key] = rec["sweep"]
+        return key, states
+
+    def _set(self, key: TargetKey, states: dict[str, _Entry], uid: str, entry: _Entry) -> None:
+        states[uid] = entry
+        dirty = self._dirty.get(key)
+        if dirty is None:
+            dirty = self._dirty[key] = set()
+        dirty.add(uid)
+
+    def _presence(self, rec: PresenceRecord, out: list[Record]) -> None:
+        key, states = self._target(rec)
+        uid, online, join_time, sweep = rec["uid"], rec["online"], rec["join_time"], rec["sweep"]
+        prev = states.get(uid)
+        emit_all = self.emit == "all"
+        if emit_all:
+            out.append(rec)
+        if prev is None or prev[0] is None:  # the first known state of this UID
+            new = self._first_sweep[key] != sweep if prev is None else prev[3]
+            version = 1 if new and not emit_all else 0
+            self._set(key, states, uid, (online, join_time, version, False, sweep))
+            if version:
+                self.changes += 1
+                out.append(change_record(rec, None, version))
+            return
+        if prev[0] == online and prev[1] == join_time:
+            if prev[4] != sweep:
+                states[uid] = (online, join_time, prev[2], prev[3], sweep)
+            return
+        version = prev[2] + 1
+        self._set(key, states, uid, (online, join_time, version, False, sweep))
+        self.changes += 1
+        change: ChangeRecord = change_record(rec, prev[0], version)
+        out.append(change)
+
+    def _error(self, rec: ErrorRecord) -> None:
+        key, states = self._target(rec)
+        uid, sweep = rec["uid"], rec["sweep"]
+        prev = states.get(uid)
+        if prev is None:  # present, state unknown: learned (or announced) on its first success
+            announce = self._first_sweep[key] != sweep
+            self._set(key, states, uid, (None, None, 0, announce, sweep))
+        elif prev[4] != sweep:
+            states[uid] = (prev[0], prev[1], prev[2], prev[3], sweep)  # keep, not forget
+
+    # -- end of sweep ----------------------------------------------------------------------
 
     def end_sweep(self, sweep: int, targets: set[TargetKey]) -> dict[TargetKey, int]:
         """Forget UIDs (and targets) not seen in ``sweep``; return online counts per target."""
@@ -65,10 +144,54 @@ class ChangeTracker:
             if key not in targets:
                 del self._state[key]
                 del self._first_sweep[key]
+                self._dirty.pop(key, None)
+                self._deleted.pop(key, None)
+                self._dropped.add(key)
         online: dict[TargetKey, int] = {}
         for key, states in self._state.items():
-            stale = [uid for uid, (_, _, s) in states.items() if s != sweep]
-            for uid in stale:
-                del states[uid]
-            online[key] = sum(1 for on, _, _ in states.values() if on)
+            stale = [uid for uid, entry in states.items() if entry[4] != sweep]
+            if stale:
+                dirty = self._dirty.get(key, set())
+                deleted = self._deleted.setdefault(key, set())
+                for uid in stale:
+                    del states[uid]
+                    dirty.discard(uid)
+                    deleted.add(uid)
+            online[key] = sum(1 for entry in states.values() if entry[0])
         return online
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def take_delta(self, sweep: int) -> StateDelta:
+        """What changed since the last call (everything after :meth:`restore` failed or on the
+        first call), and forget it: the caller saves it or calls :meth:`save_failed`."""
+        delta = StateDelta(sweep, full=self._full)
+        if self._full:
+            delta.upserts = {k: {u: e[:4] for u, e in s.items()} for k, s in self._state.items()}
+            delta.dropped = set(self._dropped)
+        else:
+            for key, uids in self._dirty.items():
+                states = self._state[key]
+                delta.upserts[key] = {uid: states[uid][:4] for uid in uids}
+            delta.deletes, delta.dropped = self._deleted, self._dropped
+        self._dirty, self._deleted, self._dropped = {}, {}, set()
+        self._full = False
+        return delta
+
+    def save_failed(self) -> None:
+        """The last delta was not saved: the next one rewrites the whole state."""
+        self._full = True
+
+    def restore(self, targets: dict[TargetKey, dict[str, UidState]], sweep: int) -> None:
+        """Start from a saved state (taken after sweep ``sweep``); nothing is dirty."""
+        self._state = {
+            key: {uid: (*state, sweep) for uid, state in states.items()}
+            for key, states in targets.items()
+        }
+        self._first_sweep = dict.fromkeys(self._state, sweep)
+        self._dirty, self._deleted, self._dropped = {}, {}, set()
+        self._full = False
+
+    def known(self, key: TargetKey) -> dict[str, UidState]:
+        """The remembered state of one target's UIDs (a copy)."""
+        return {uid: entry[:4] for uid, entry in self._state.get(key, {}).items()}

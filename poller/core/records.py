@@ -6,6 +6,15 @@ without a conversion step), precisely typed for mypy. Times are epoch millisecon
 
 A target is identified by its API, app and group (:attr:`Target.key`); records carry all three,
 so state, sinks and the fleet can key on the full identity whatever backend answered.
+
+A ``change`` record carries ``version``: a per-(target, UID) transition counter, the
+idempotency key of a change (sinks and the fleet de-duplicate on target, ``uid`` and
+``version``). The first state learned for a UID is version 0 and emits no record; each
+transition (a flip, a re-join, or the first state of a UID added to a known target) increments
+it by one, so every change record has ``version >= 1``. The daemon persists it, so it keeps
+growing across restarts; a re-emitted change (a crash after the sinks were written but before
+the state was saved) repeats its version. A UID forgotten (absent from a sweep's input) and
+added again later starts over at 1.
 """
 
 from __future__ import annotations
@@ -137,6 +146,7 @@ class ChangeRecord(_TargetUid):
     previous_online: bool | None
     join_time: int | None
     polled_at: int
+    version: int
 
 
 Record: TypeAlias = PresenceRecord | ErrorRecord | ChangeRecord
@@ -234,8 +244,11 @@ def error_records(
     ]
 
 
-def change_record(presence: PresenceRecord, previous_online: bool | None) -> ChangeRecord:
-    """The change a presence record shows against the UID's previous state."""
+def change_record(
+    presence: PresenceRecord, previous_online: bool | None, version: int
+) -> ChangeRecord:
+    """The change a presence record shows against the UID's previous state; ``version`` is the
+    UID's transition counter after this change (>= 1)."""
     return {
         "type": "change",
         "sweep": presence["sweep"],
@@ -247,4 +260,5 @@ def change_record(presence: PresenceRecord, previous_online: bool | None) -> Cha
         "previous_online": previous_online,
         "join_time": presence["join_time"],
         "polled_at": presence["polled_at"],
+        "version": version,
     }

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Self
 
 from poller.config import PollerConfig
-from poller.core.clock import Clock, system_clock
+from poller.core.clock import Clock, SkewedClock, system_clock
 from poller.core.errors import ConfigError
 from poller.core.ratelimit import PacedRateLimiter, RateMeter
 from poller.core.records import LEGACY_API, Record, Target
@@ -55,7 +55,12 @@ class Poller:
     Create it inside the event loop that will use it. The library never installs an event
     loop policy; the CLI runs it on uvloop where available. ``fetcher``, ``rate_meter``,
     ``clock`` and ``rng`` replace the real parts (tests, shared meters); ``on_attempt`` is
-    called for every request attempt, discovery included.
+    called for every request attempt, discovery included. Sweeps are numbered from
+    ``first_sweep`` (a daemon restarting from saved state continues its numbering).
+
+    The clock is wrapped in a :class:`~poller.core.clock.SkewedClock` (unless it is one) that
+    the API client corrects from the server's ``Date`` headers: signatures and the records'
+    ``polled_at`` use the server's time even when the local clock is off (see :attr:`clock`).
     """
 
     def __init__(
@@ -68,14 +73,17 @@ class Poller:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         on_attempt: AttemptListener | None = None,
+        first_sweep: int = 1,
     ) -> None:
+        if first_sweep < 1:
+            raise ValueError(f"first_sweep must be >= 1; got {first_sweep}")
         self._config = config
         self._fetcher = fetcher
         self._credentials = credentials
         self._meter = rate_meter
         self._own_meter = rate_meter is None
         self._discovery_meter: PacedRateLimiter | None = None
-        self._clock = clock or system_clock()
+        self._clock = SkewedClock.wrap(clock or system_clock())
         self._on_attempt = on_attempt
         self._retrier = Retrier(
             config.retry.policy(),
@@ -88,7 +96,7 @@ class Poller:
         self._inflight: asyncio.Semaphore | None = None
         self._control = StopControl()
         self._state = _State.UNOPENED
-        self._sweeps = 0
+        self._sweeps = first_sweep - 1  # the number of the last sweep started
         self.current: SweepStats | None = None
         self.last: SweepStats | None = None
 
@@ -178,6 +186,11 @@ class Poller:
     def client(self) -> LiveClient | None:
         """The HTTP client (``None`` when a custom fetcher was given)."""
         return self._client
+
+    @property
+    def clock(self) -> SkewedClock:
+        """The corrected clock: ``clock.offset_s`` is the learned server time minus local time."""
+        return self._clock
 
     @property
     def rate_meter(self) -> RateMeter:

@@ -7,25 +7,57 @@ binary mode), not with ``str.splitlines``.
 A file sink appends whole lines only: each ``write`` builds the complete bytes for its records
 and hands them to the file in one call, so a crash can cut the file at a batch boundary at
 worst, never inside a record (with ``fsync`` the flush at the end of a sweep reaches the disk).
+
+A file that does not end in ``\\n`` when a file sink opens it (a crash or a full disk cut a
+write short) has that torn last line cut off, since it never was a record: the sink truncates
+the file back to its last complete line and logs a WARNING on ``poller.sinks`` naming the file
+and the number of bytes dropped. Only the tail is read, backwards in blocks.
+
+Log rotation: ``reopen()`` (called for every sink that has one by :func:`reopen_sinks`, which the
+daemon runs on SIGHUP) flushes, fsyncs when configured, closes and reopens the path, so after
+``mv out.jsonl out.jsonl.1`` and a SIGHUP new records go to a new ``out.jsonl`` (logrotate's
+``postrotate`` convention). ``reopen`` is an optional capability: sinks with only
+``write``/``flush``/``aclose`` keep working. If the new file cannot be opened, ``reopen`` logs a
+WARNING and the next ``write`` raises :class:`SinkError` naming the path.
+
+Without a SIGHUP a file sink still notices, at most once a second at a write, that its path was
+removed or now names another file (``st_dev``/``st_ino`` of the path against the open file): it
+logs a WARNING, flushes and closes the old file and reopens the path (recreating its directory)
+before writing. Only the writes of the second before that check can reach a deleted file; after
+it, records go to the path again, with a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
+import stat
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 import orjson
 
 from poller.config import SinkConfig
+from poller.core.clock import Clock, system_clock
 from poller.core.errors import SinkError
 from poller.core.records import Record
 
-__all__ = ["CallbackSink", "FileSink", "Sink", "StdoutSink", "encode_records", "sinks_from_config"]
+__all__ = [
+    "CallbackSink",
+    "FileSink",
+    "Reopenable",
+    "Sink",
+    "StdoutSink",
+    "encode_records",
+    "reopen_sinks",
+    "sinks_from_config",
+]
+
+log = logging.getLogger("poller.sinks")
 
 _OPTS = orjson.OPT_APPEND_NEWLINE
 
@@ -59,6 +91,30 @@ class Sink(Protocol):
     async def flush(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Reopenable(Protocol):
+    """The optional capability of a sink to reopen its output (log rotation, SIGHUP)."""
+
+    async def reopen(self) -> None: ...
+
+
+async def reopen_sinks(sinks: Iterable[object]) -> None:
+    """``reopen()`` every sink that has one; sinks without it are left alone.
+
+    Every sink is reopened even when one fails; the first failure is raised afterwards.
+    """
+    first: BaseException | None = None
+    for sink in sinks:
+        if not isinstance(sink, Reopenable):
+            continue
+        try:
+            await sink.reopen()
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 class _Stream(Protocol):
@@ -114,22 +170,71 @@ class StdoutSink(_StreamSink):
     async def aclose(self) -> None:
         await self.flush()
 
+    async def reopen(self) -> None:
+        """Nothing to reopen: standard output is the caller's."""
+        return None
+
 
 class FileSink(_StreamSink):
     """JSON Lines appended to a file; optionally fsynced at the end of each sweep.
 
     The file is unbuffered: each ``write`` hands its whole lines to the OS in one call, so
-    even an abrupt exit (a second SIGTERM) cannot leave half a record behind.
+    even an abrupt exit (a second SIGTERM) cannot leave half a record behind. Opening the file
+    cuts off a torn last line; ``reopen()`` and a removed or replaced path are handled as the
+    module docstring says.
     """
 
-    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+    CHECK_INTERVAL = 1.0
+    """Seconds between two checks, at a write, that the path still names the open file."""
+
+    def __init__(
+        self, path: str | Path, *, fsync: bool = False, clock: Clock | None = None
+    ) -> None:
         super().__init__(str(path))
         self.path = Path(path)
         self._fsync = fsync
+        self._clock: Clock = clock or system_clock()
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file
+        self._checked_at = 0.0
 
     def _target(self) -> _Stream:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return _WholeWrites(self.path.open("ab", buffering=0))
+        raw = self.path.open("ab", buffering=0)
+        try:
+            st = os.fstat(raw.fileno())
+            self._identity = None
+            if stat.S_ISREG(st.st_mode):
+                _repair_torn_tail(raw, self.path, st)
+                self._identity = (st.st_dev, st.st_ino)
+        except BaseException:
+            raw.close()
+            raise
+        self._checked_at = self._clock.monotonic()
+        return _WholeWrites(raw)
+
+    async def write(self, records: Sequence[Record]) -> None:
+        if records and self._stream is not None:
+            gone = self._path_changed()
+            if gone:
+                log.warning("records file %s %s; reopening it", self._name, gone)
+                await self._close()
+        await super().write(records)
+
+    def _path_changed(self) -> str | None:
+        """Why the path no longer names the open file, checked at most once per interval."""
+        now = self._clock.monotonic()
+        if self._identity is None or now - self._checked_at < self.CHECK_INTERVAL:
+            return None
+        self._checked_at = now
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return "was removed"
+        except OSError:
+            return None  # cannot tell (e.g. permissions): keep writing where we are
+        if (st.st_dev, st.st_ino) != self._identity:
+            return "now names another file"
+        return None
 
     async def flush(self) -> None:
         await super().flush()
@@ -140,7 +245,7 @@ class FileSink(_StreamSink):
             except OSError as exc:
                 raise SinkError(f"cannot fsync {self._name}: {exc}") from exc
 
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         if self._stream is None:
             return
         try:
@@ -148,6 +253,69 @@ class FileSink(_StreamSink):
         finally:
             self._stream.close()
             self._stream = None
+            self._identity = None
+
+    async def aclose(self) -> None:
+        await self._close()
+
+    async def reopen(self) -> None:
+        """Flush (and fsync) and close the file, then open the path anew (log rotation).
+
+        A sink that is not open stays closed (its next write opens the path). When the path
+        cannot be opened this logs a WARNING and the next ``write`` raises :class:`SinkError`.
+        """
+        if self._stream is None:
+            return
+        await self._close()
+        try:
+            self._stream = self._target()
+        except OSError as exc:
+            log.warning("cannot reopen records file %s: %s", self._name, exc)
+
+
+_TAIL_BLOCK = 64 * 1024
+
+
+def _repair_torn_tail(raw: BinaryIO, path: Path, st: os.stat_result) -> None:
+    """Cut a regular file that does not end in ``\\n`` back to its last complete line.
+
+    ``raw`` is the file opened for appending; the tail is read through a second, read-only
+    descriptor, from the end backwards in blocks, so a large file is not read whole.
+    """
+    if not st.st_size:
+        return
+    try:
+        reader = path.open("rb", buffering=0)
+    except OSError as exc:
+        log.warning("cannot check records file %s for a torn last line: %s", path, exc)
+        return
+    with reader:
+        rst = os.fstat(reader.fileno())
+        if (rst.st_dev, rst.st_ino) != (st.st_dev, st.st_ino):
+            return  # the path changed under us: leave whatever it now is alone
+        keep = _last_line_end(reader, st.st_size)
+    if keep == st.st_size:
+        return
+    os.ftruncate(raw.fileno(), keep)
+    log.warning(
+        "records file %s ended in a torn line: dropped its last %d bytes (not a whole record)",
+        path,
+        st.st_size - keep,
+    )
+
+
+def _last_line_end(reader: BinaryIO, size: int) -> int:
+    """The offset just past the last ``\\n`` in the first ``size`` bytes (0 when none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - _TAIL_BLOCK)
+        reader.seek(start)
+        block = reader.read(end - start)
+        nl = block.rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        end = start
+    return 0
 
 
 class _WholeWrites:
@@ -200,6 +368,9 @@ class CallbackSink:
         return None
 
     async def aclose(self) -> None:
+        return None
+
+    async def reopen(self) -> None:
         return None
 
 
