@@ -133,3 +133,13 @@ def test_restore_continues_versions_and_reports_what_changed_meanwhile() -> None
     got = {(c["uid"], c["previous_online"], c["version"]) for c in out}
     assert got == {("a", True, 5), ("u", None, 1), ("n", None, 1)}
     assert not tracker.take_delta(8).full
+
+
+def test_invalid_ids_are_written_but_never_kept_as_state() -> None:
+    """An ID that was never sent (it may not even be valid text) has no state to remember."""
+    tracker = ChangeTracker()
+    bad = error_record(T, "bad\udcff", "InvalidUserId", "not UTF-8", sweep=1, polled_at=1)
+    out = tracker.process([ok("u1", True, 1), bad])
+    assert bad in out
+    tracker.end_sweep(1, {KEY})
+    assert list(tracker.take_delta(1).upserts.get(KEY, {})) == ["u1"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 from .records import (
+    INVALID_USER_ID,
     ChangeRecord,
     ErrorRecord,
     PresenceRecord,
@@ -127,6 +128,8 @@ class ChangeTracker:
         out.append(change)
 
     def _error(self, rec: ErrorRecord) -> None:
+        if rec["code"] == INVALID_USER_ID:
+            return  # never sent, never polled: no state to keep (and it may not be valid text)
         key, states = self._target(rec)
         uid, sweep = rec["uid"], rec["sweep"]
         prev = states.get(uid)
