@@ -6,7 +6,7 @@ import signal
 import sys
 from typing import Final
 
-from poller.core.errors import AuthError
+from poller.core.errors import AuthError, TlsVerificationError
 from poller.core.records import INVALID_USER_ID
 from poller.core.stats import SweepStats
 
@@ -35,7 +35,8 @@ EX_DATAERR: Final = 65
 EX_UNAVAILABLE: Final = 69
 #: Permission denied (Forbidden) for every request.
 EX_NOPERM: Final = 77
-#: Configuration error, or credentials the cloud rejected.
+#: Configuration error, credentials the cloud rejected, or a server certificate that failed
+#: verification.
 EX_CONFIG: Final = 78
 
 
@@ -51,7 +52,7 @@ def print_error(message: str) -> None:
 
 def exit_code_for(stats: SweepStats) -> int:
     """The exit code a one-shot sweep ends with."""
-    if isinstance(stats.fatal, AuthError):
+    if isinstance(stats.fatal, AuthError | TlsVerificationError):
         return EX_CONFIG
     if stats.fatal is not None:
         return EX_FAILURE

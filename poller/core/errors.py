@@ -9,7 +9,9 @@ boundary, :mod:`poller.wire.client`; everything above it catches only :class:`Po
     ├── SinkError                         no      yes   a sink cannot write
     ├── TransportError                    yes     no    connection refused/reset, DNS, TLS
     │   ├── AttemptTimeout                yes     no    no complete answer within timeout_s
-    │   └── StaleConnection             at once   no    a reused connection died before answering
+    │   ├── StaleConnection             at once   no    a reused connection died before answering
+    │   └── TlsVerificationError          no      yes   the server's certificate failed
+    │                                                    verification (also a ConfigError: exit 78)
     ├── MalformedResponse                 yes     no    not JSON, wrong shape, wrong types
     └── ApiError                          (by code)     the cloud answered with an error envelope
         ├── ThrottledError                yes     no    Throttling, Throttling.User, ...
@@ -24,7 +26,8 @@ boundary, :mod:`poller.wire.client`; everything above it catches only :class:`Po
 
 Each class carries ``code`` (the cloud's ``Code`` or a local one) and ``retriable``; an
 :class:`ApiError` also carries ``http_status``, ``request_id`` and, for throttling,
-``retry_after_s``. Messages never contain secrets.
+``retry_after_s``. Messages never contain secrets: the client scrubs them by value
+(:mod:`poller.core.redact`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = [
     "SinkError",
     "StaleConnection",
     "ThrottledError",
+    "TlsVerificationError",
     "TransportError",
     "UnknownApiError",
     "collapse",
@@ -131,6 +135,17 @@ class StaleConnection(TransportError):
     idle as we sent. Worth sending again at once on a fresh connection (the call is a read)."""
 
     immediate = True
+
+
+class TlsVerificationError(TransportError, ConfigError):
+    """The server's TLS certificate failed verification (untrusted issuer, wrong host name,
+    expired): retrying cannot help, and polling on would only fail the same way, so it stops
+    the run. It is also a :class:`ConfigError` (``api.ca_file``, ``api.verify_tls``, or the
+    endpoint or a proxy in between), so the commands exit 78 with its reason."""
+
+    retriable = False
+    fatal = True
+    default_code = "TlsVerificationFailed"
 
 
 class MalformedResponse(PollerError):

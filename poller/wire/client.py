@@ -25,6 +25,10 @@ whose ``Date`` corrected the offset its request was signed with becomes
 :class:`~poller.core.errors.ClockSkewCorrected` (sent again at once, re-signed); rejected again
 right after that, it is a final :class:`~poller.core.errors.ClockSkewError` (no loop).
 
+Every message put into an error is scrubbed by value (:mod:`poller.core.redact`) of the secret,
+the STS token and the request's signature, whatever text the server or a library wrapped them in;
+``LiveClient.redactor`` scrubs the first two, for the logs.
+
 Neither re-sends a request by itself (requests are POST with a form body, which aiohttp never
 replays; the builtin transport never replays anything), so every attempt on the wire is one we
 signed, with its own nonce.
@@ -35,12 +39,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
-
-import orjson
+from urllib.parse import parse_qsl
 
 from poller.config import ApiConfig
 from poller.core.clock import OFFSET_THRESHOLD_S, Clock, SkewedClock, system_clock
@@ -51,11 +54,11 @@ from poller.core.errors import (
     ConfigError,
     MalformedResponse,
     StaleConnection,
-    TransportError,
-    error_for_response,
 )
 from poller.core.records import Batch
+from poller.core.redact import Redactor
 
+from .answers import parse_answer, transport_error
 from .http import ConnectTimeout, HttpError, HttpPool, StaleConnectionClosed, describe_error
 from .proxy import check_builtin_transport
 from .signing import (
@@ -98,15 +101,12 @@ class BatchFetcher(Protocol):
     async def fetch(self, batch: Batch) -> OnlineUsersAnswer: ...
 
 
-def _retry_after_s(headers: Mapping[str, str]) -> float | None:
-    raw = headers.get("x-acs-retry-after")
-    if not raw:
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        return None
-    return value / 1000.0 if value > 0 else None
+def _signature_of(signed: SignedRequest) -> str | None:
+    """The request's signature: V3's ``Signature=`` in ``Authorization``, V1's query parameter."""
+    auth = signed.headers.get("Authorization")
+    if auth is not None:
+        return auth.rpartition("Signature=")[2] or None
+    return next((v for k, v in parse_qsl(signed.query) if k == "Signature"), None)
 
 
 class _Transport(Protocol):
@@ -198,6 +198,9 @@ class LiveClient:
         self._user_agent = api.user_agent or DEFAULT_USER_AGENT
         self._host = api.endpoint
         self.attempts = 0
+        #: Scrubs the secret and the STS token from any text (see :mod:`poller.core.redact`);
+        #: every error message this client raises has been through it.
+        self.redactor = Redactor((credentials.access_key_secret, credentials.security_token))
 
     def __repr__(self) -> str:
         return f"<LiveClient {self._api.base_url} key={self._credentials.access_key_id}>"
@@ -305,12 +308,12 @@ class LiveClient:
                 f"no complete answer within {self._api.timeout_s:g} s", code="Timeout"
             ) from exc
         except StaleConnectionClosed as exc:
-            raise StaleConnection(describe_error(exc)) from exc
+            raise StaleConnection(self._scrubber(signed)(describe_error(exc))) from exc
         except (HttpError, OSError) as exc:
-            raise TransportError(describe_error(exc)) from exc
+            raise transport_error(exc, self._host, self._scrubber(signed)) from exc
         implied = self._learn_offset(headers)
         try:
-            return self._parse(status, headers, body)
+            return parse_answer(status, headers, body, self._scrubber(signed))
         except ClockSkewError as err:
             err.offset_s = implied
             if implied is None or after_correction:
@@ -318,6 +321,14 @@ class LiveClient:
             if abs(implied - signed_offset) <= OFFSET_THRESHOLD_S:
                 raise  # signed with the server's time already: correcting cannot help
             raise self._corrected_retry(err, (action, tuple(params.items())), implied) from None
+
+    def _scrubber(self, signed: SignedRequest) -> Callable[[str], str]:
+        """Scrubs the secrets and ``signed``'s signature (its redactor is built only if used)."""
+
+        def scrub(text: str) -> str:
+            return self.redactor.with_secrets(_signature_of(signed)).scrub(text)
+
+        return scrub
 
     def _learn_offset(self, headers: Mapping[str, str]) -> float | None:
         """The offset the answer's ``Date`` implies (see :meth:`SkewedClock.observe_http_date`)."""
@@ -342,40 +353,6 @@ class LiveClient:
             self._corrected.clear()
         self._corrected.add(key)
         return ClockSkewCorrected.after(err, implied)
-
-    def _parse(
-        self, status: int, headers: Mapping[str, str], body: bytes
-    ) -> tuple[dict[str, Any], str]:
-        header_request_id = headers.get("x-acs-request-id")
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            kind = "empty body" if not body else "body is not a JSON object"
-            if data is None and body:
-                snippet = body[:60].decode("utf-8", "replace").replace("\n", " ")
-                kind = f"body is not JSON ({snippet!r}...)"
-            raise MalformedResponse(
-                f"HTTP {status}: {kind}", http_status=status, request_id=header_request_id
-            )
-        request_id = data.get("RequestId") or header_request_id or ""
-        if not isinstance(request_id, str):
-            request_id = str(request_id)
-        if 200 <= status < 300:
-            return data, request_id
-        code = data.get("Code")
-        message = data.get("Message")
-        if isinstance(message, str) and "string to sign" in message:
-            # The server echoes its string-to-sign, which in V1 holds the STS token: drop it.
-            message = message.split(" server string to sign", 1)[0].rstrip(" .:") + "."
-        raise error_for_response(
-            http_status=status,
-            code=code if isinstance(code, str) else None,
-            message=message if isinstance(message, str) else None,
-            request_id=request_id or None,
-            retry_after_s=_retry_after_s(headers),
-        )
 
     async def fetch(self, batch: Batch) -> OnlineUsersAnswer:
         data, request_id = await self.call(

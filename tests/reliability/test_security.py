@@ -8,6 +8,7 @@ import re
 import ssl
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,11 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from poller.apps.exits import EX_CONFIG, exit_code_for
 from poller.config import ApiConfig, MetricsConfig, PollerConfig
+from poller.core.errors import ConfigError, TlsVerificationError, TransportError
 from poller.core.records import Target
+from poller.core.stats import SweepStats
 from poller.emulator import EmulatorConfig
 from poller.emulator.process import EmulatorProcess
 from poller.engine.poller import Poller
@@ -52,7 +56,8 @@ def test_no_secret_token_or_signature_in_any_output(tmp_path: Path, signature: s
             f'[api]\nendpoint = "{emulator.endpoint}"\nprotocol = "http"\n'
             f'signature = "{signature}"\ntimeout_s = 0.3\n'
             f'[credentials]\naccess_key_id = "sts-id"\naccess_key_secret = "{SECRET}"\n'
-            f'security_token = "{TOKEN}"\n',
+            f'security_token = "{TOKEN}"\n'
+            '[[targets]]\napp_id = "demo-app"\ngroup_id = "demo-group"\nuids = ["user-000001"]\n',
             "utf-8",
         )
         uids = ",".join(f"user-{i:06d}" for i in range(1, 401))
@@ -103,7 +108,14 @@ def test_listeners_bind_loopback_by_default() -> None:
     assert ApiConfig().verify_tls is True and ApiConfig().protocol == "https"
 
 
-async def _https_sweep(verify: bool, ca: trustme.CA, transport: str) -> list[tuple[str, str]]:
+@dataclass
+class _HttpsSweep:
+    records: list[tuple[str, str]]
+    attempts: int  # requests the client signed and tried to send
+    fatal: BaseException | None  # what the sweep raised at its end
+
+
+async def _https_sweep(verify: bool, ca: trustme.CA, transport: str) -> _HttpsSweep:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"RequestId": "r", "Result": {"OnlineUsers": []}})
 
@@ -122,11 +134,15 @@ async def _https_sweep(verify: bool, ca: trustme.CA, transport: str) -> list[tup
                 transport=transport,  # type: ignore[arg-type]
             )
         )
+        records: list[tuple[str, str]] = []
         async with Poller(config, credentials=SigningCredentials("id", SECRET)) as poller:
-            return [
-                (str(r.get("code", "presence")), str(r.get("message", "")))
-                async for r in poller.sweep(Target("a", "g"), ["u1"])
-            ]
+            try:
+                async for r in poller.sweep(Target("a", "g"), ["u1"]):
+                    records.append((str(r.get("code", "presence")), str(r.get("message", ""))))
+            except TlsVerificationError as exc:
+                assert poller.last is not None and poller.last.fatal is exc
+                return _HttpsSweep(records, poller.client.attempts if poller.client else 0, exc)
+            return _HttpsSweep(records, poller.client.attempts if poller.client else 0, None)
     finally:
         await server.close()
 
@@ -136,11 +152,20 @@ def test_tls_is_verified_by_default_and_relaxing_it_warns(
     caplog: pytest.LogCaptureFixture, transport: str
 ) -> None:
     ca = trustme.CA()  # not trusted by the client: verification must fail
-    [(code, message)] = asyncio.run(_https_sweep(True, ca, transport))
-    assert code == "ConnectionError" and "CERTIFICATE_VERIFY_FAILED" in message
+    failed = asyncio.run(_https_sweep(True, ca, transport))
+    [(code, message)] = failed.records
+    assert code == "TlsVerificationFailed" and "CERTIFICATE_VERIFY_FAILED" in message
+    assert "certificate verification failed" in message
+    assert failed.attempts == 1  # fatal, not transient: never retried
+    fatal = failed.fatal
+    assert isinstance(fatal, TlsVerificationError) and fatal.fatal and not fatal.retriable
+    assert isinstance(fatal, TransportError) and isinstance(fatal, ConfigError)
+    assert exit_code_for(SweepStats(sweep=1, started_at=0.0, fatal=fatal)) == EX_CONFIG
     with caplog.at_level(logging.WARNING):
-        [(code, _)] = asyncio.run(_https_sweep(False, ca, transport))
+        relaxed = asyncio.run(_https_sweep(False, ca, transport))
+    [(code, _)] = relaxed.records
     assert code == "MissingInResponse"  # connected; the empty answer is then reported
+    assert relaxed.fatal is None
     assert any("verification is DISABLED" in r.getMessage() for r in caplog.records)
 
 
@@ -170,3 +195,35 @@ def test_https_emulator_with_a_private_ca(tmp_path: Path) -> None:
 
         assert asyncio.run(sweep()) == ["presence", "presence"]
         assert emulator.stats()["total"]["requests_total"] == 1
+
+
+@pytest.mark.slow
+def test_once_exits_78_naming_certificate_verification(tmp_path: Path) -> None:
+    ca = trustme.CA()  # the emulator's issuer, unknown to poller
+    cert = ca.issue_cert("127.0.0.1")
+    cert_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    with EmulatorProcess(
+        "--tls-cert", str(cert_pem), "--tls-key", str(key_pem), ca_file=ca_pem
+    ) as emulator:
+        config = tmp_path / "poller.toml"
+        config.write_text(
+            f'[api]\nendpoint = "{emulator.endpoint}"\n'
+            f'[credentials]\naccess_key_id = "demo-key"\naccess_key_secret = "{SECRET}"\n',
+            "utf-8",
+        )
+        command = ["once", "--config", str(config), "--target", "demo-app/demo-group"]
+        once = subprocess.run(
+            [sys.executable, "-m", "poller", *command, "--uids", "user-000001"],
+            capture_output=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        requests = emulator.stats()["total"]["requests_total"]
+    assert once.returncode == 78, once.stderr.decode()
+    assert b"certificate verification failed" in once.stderr
+    assert b"TlsVerificationFailed" in once.stdout  # the UID's error record
+    assert requests == 0  # no request got through the handshake
