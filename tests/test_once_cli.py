@@ -255,3 +255,71 @@ def test_check_config_masks_secrets_and_rejects_bad_files(tmp_path: Path) -> Non
     )
     assert fail.returncode == 78
     assert b"bad.toml" in fail.stderr and b"targets[0].app_id" in fail.stderr
+
+
+# -- standard output closed (issue 12) ---------------------------------------------------------
+
+# `exec 1>&-` closes fd 1 before Python starts (subprocess.DEVNULL would be an open fd).
+CLOSED_STDOUT = ("sh", "-c", 'exec 1>&- ; exec "$0" "$@"', sys.executable, "-m", "poller")
+
+
+def test_once_with_stdout_closed_refuses_records_to_stdout_and_writes_to_output(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out.jsonl"
+    once = ("once", "--target", "demo-app/demo-group", "--uids", "user-000001")
+    with EmulatorProcess() as emulator:
+        config = tmp_path / "poller.toml"
+        config.write_text(emulator.config_toml(), "utf-8")
+        refused = subprocess.run(
+            [*CLOSED_STDOUT, *once, "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+        written = subprocess.run(
+            [*CLOSED_STDOUT, *once, "--config", str(config), "--output", str(out), "-q"],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+        # stdin and stderr closed too: still no abort, and the records reach the file
+        closed_in_err = ("sh", "-c", 'exec 0<&- 2>&- ; exec "$0" "$@"', *CLOSED_STDOUT[3:])
+        quiet = subprocess.run(
+            [*closed_in_err, *once, "--config", str(config), "--output", str(out)],
+            stdout=subprocess.PIPE,
+            timeout=60,
+        )
+    assert refused.returncode == 78, refused.stderr
+    assert refused.stderr == b"poller: error: stdout is closed; use --output FILE\n"
+    assert written.returncode == 0, written.stderr
+    assert b"Assertion" not in written.stderr and written.stderr == b""
+    assert quiet.returncode == 0 and quiet.stdout == b""
+    records = [orjson.loads(line) for line in out.read_bytes().split(b"\n") if line]
+    assert [(r["uid"], r["type"]) for r in records] == [("user-000001", "presence")] * 2
+
+
+# -- undecodable IDs stay distinguishable (issue 12) -------------------------------------------
+
+
+def test_undecodable_id_and_its_escaped_text_are_two_ids(tmp_path: Path) -> None:
+    (tmp_path / "uids.txt").write_bytes(b"\xff\n\\xff\n\xef\xbf\xbd\nok\xfe\xffid\nuser-000001\n")
+    with EmulatorProcess() as emulator:
+        code, records, stderr = run_once(
+            tmp_path,
+            emulator.config_toml(),
+            "--target",
+            "demo-app/demo-group",
+            "--uids-file",
+            str(tmp_path / "uids.txt"),
+        )
+    assert code == 0, stderr
+    by_id = Counter((r["uid"], r.get("uid_bytes")) for r in records)
+    assert set(by_id.values()) == {1} and len(records) == 5
+    got = {(r["uid"], r.get("uid_bytes")): r for r in records}
+    raw_ff = got["\ufffd", "ff"]
+    assert raw_ff["type"] == "error" and raw_ff["code"] == "InvalidUserId"
+    assert "uids.txt:1" in raw_ff["message"]
+    assert got["ok\ufffd\ufffdid", b"ok\xfe\xffid".hex()]["code"] == "InvalidUserId"
+    for text in ("\\xff", "\ufffd", "user-000001"):  # valid IDs: sent, no uid_bytes
+        assert got[text, None]["type"] == "presence", got[text, None]

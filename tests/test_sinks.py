@@ -517,3 +517,26 @@ async def test_record_with_undecodable_uid_is_written(tmp_path: Path, kind: str)
     assert [r["type"] for r in rows] == ["error", "presence"]
     assert rows[0]["uid"].startswith("bad") and rows[0]["uid"].endswith("id")
     assert rows[1] == presence("u1")
+
+
+async def test_undecodable_ids_get_readable_uid_and_uid_bytes_and_stay_distinct() -> None:
+    cases: list[tuple[str, dict[str, str]]] = [  # an ID as decoded -> its record's id fields
+        ("\udcff", {"uid": "\ufffd", "uid_bytes": "ff"}),  # a UID file line of the byte 0xFF
+        ("\\xff", {"uid": "\\xff"}),  # the four characters \xff: a valid ID
+        ("\ufffd", {"uid": "\ufffd"}),  # a literal U+FFFD: a valid ID
+        (UNDECODABLE, {"uid": "bad\ufffd\ufffdid", "uid_bytes": b"bad\xff\xfeid".hex()}),
+        ("\ud800", {"uid": "\ufffd\ufffd\ufffd", "uid_bytes": "eda080"}),  # a caller's own
+    ]
+    buf = io.BytesIO()
+    sink = StdoutSink(buf)
+    await sink.write([error(uid, f"from {uid}") for uid, _ in cases])
+    await sink.aclose()
+    rows = read_jsonl(buf.getvalue())
+    assert [{k: v for k, v in r.items() if k.startswith("uid")} for r in rows] == [
+        fields for _, fields in cases
+    ]
+    assert list(rows[0])[list(rows[0]).index("uid") + 1] == "uid_bytes"  # right after uid
+    assert rows[0]["message"] == "from \\xff"  # other fields: undecodable bytes as \xNN
+    assert rows[1]["message"] == "from \\xff" and "uid_bytes" not in rows[1]
+    identities = {r.get("uid_bytes", r["uid"]) for r in rows}
+    assert len(identities) == len(cases)

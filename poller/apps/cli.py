@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from poller.config import load_config, render_toml
+from poller.config import PollerConfig, load_config, render_toml
 from poller.core.errors import ConfigError, PollerError, SinkError
 
 from .exits import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE, print_error, signal_exit_code
@@ -37,16 +39,37 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from .logs import install_redactor
+
+    install_redactor(None)  # the redacting filter on the handler; the Poller's secrets follow
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """Print the effective config, then refuse (ConfigError, exit 78) what ``poller run`` would."""
     config = load_config(args.file)
     header = f"effective configuration of {args.file} (secrets masked)"
     print(render_toml(config, header=header), end="")
     from poller.wire.proxy import describe_proxy
 
-    print(f"# {describe_proxy(config.api)}")
+    print(f"# {describe_proxy(config.api)}", flush=True)
+    _check_runnable(config)
     return EX_OK
+
+
+def _check_runnable(config: PollerConfig) -> None:
+    """Raise the ConfigError ``poller run`` would stop on before its first sweep, in its order:
+    the daemon's target plans (no ``[[targets]]``; a missing UID file without a good copy in the
+    state directory), the credentials chain, then a proxy the builtin transport cannot use."""
+    from poller.apps.daemon import daemon_plans
+    from poller.engine.state import resolve_state_dir
+    from poller.engine.work import WorkBuilder
+    from poller.wire.credentials import resolve_credentials
+    from poller.wire.proxy import check_builtin_transport
+
+    copies = resolve_state_dir(config.daemon.state_dir) / "uid-files"
+    daemon_plans(config, WorkBuilder(copies_dir=copies))
+    resolve_credentials(config.credentials)
+    check_builtin_transport(config.api)
 
 
 def _state_command(args: argparse.Namespace) -> int:
@@ -74,6 +97,58 @@ def _state_command(args: argparse.Namespace) -> int:
         return EX_OK
     finally:
         store.close()
+
+
+_STD_STREAMS = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))
+
+
+def _open_closed_std_fds() -> frozenset[int]:
+    """Open ``/dev/null`` onto each of fds 0, 1 and 2 that is closed; the ones that were.
+
+    libuv aborts the process (``uv__close`` asserts ``fd > STDERR_FILENO``) when it gets a
+    standard fd number for a socket or pipe of its own. Python left ``sys.stdout`` (etc.) as
+    ``None`` for a closed fd; it is bound to the new fd, so errors never go to the wrong stream.
+    """
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                continue
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)
+            closed.add(fd)
+    for fd, name, mode in _STD_STREAMS:
+        if fd in closed and getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))  # noqa: SIM115
+    return frozenset(closed)
+
+
+def _refuse_closed_stdout(args: argparse.Namespace) -> None:
+    """Raise ConfigError when the command would write records to a stdout that was closed
+    (now ``/dev/null``): ``once`` without ``--output FILE`` and with no file sinks, ``run``
+    with a stdout sink."""
+    from poller.engine.sinks import StdoutSink, sinks_from_config
+
+    if args.command == "once":
+        if args.output and args.output != "-":
+            return
+        config = load_config(args.config) if args.config else PollerConfig()
+        sinks = sinks_from_config(config.sinks)
+        if args.output == "-" or any(isinstance(s, StdoutSink) for s in sinks):
+            raise ConfigError("stdout is closed; use --output FILE")
+    elif args.command == "run":
+        config = load_config(args.config)
+        if any(isinstance(s, StdoutSink) for s in sinks_from_config(config.sinks)):
+            raise ConfigError(
+                "stdout is closed but records go to stdout: configure a file sink",
+                source=config.source,
+                key="sinks",
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,6 +199,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    closed = _open_closed_std_fds()  # before any event loop: libuv aborts on a closed std fd
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulator":
         from poller.emulator.cli import main as emulator_main
@@ -137,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _setup_logging(args.verbose)
     try:
+        if 1 in closed:
+            _refuse_closed_stdout(args)
         if args.command == "run":
             from poller.apps.daemon import Daemon
 

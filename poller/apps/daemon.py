@@ -33,7 +33,6 @@ from poller.config import PollerConfig, load_config
 from poller.core.changes import ChangeTracker
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import AuthError, ConfigError, PollerError
-from poller.core.records import Target
 from poller.core.stats import Attempt, Totals
 from poller.engine.poller import Poller
 from poller.engine.sinks import Sink, reopen_sinks, sinks_from_config
@@ -41,7 +40,7 @@ from poller.engine.state import StateError, StateStore, resolve_state_dir
 from poller.engine.work import Plan, WorkBuilder, plan_targets
 
 from .exits import EX_CONFIG, EX_FAILURE, EX_OK
-from .logs import log_event
+from .logs import install_redactor, log_event
 from .metrics import HealthServer, Metrics, Readiness
 from .report import SweepReport
 from .sdnotify import notify, reloading_message, watchdog_interval_s
@@ -52,7 +51,7 @@ __all__ = ["Daemon"]
 log = logging.getLogger("poller.daemon")
 
 
-def _plans(config: PollerConfig, work: WorkBuilder) -> list[Plan]:
+def daemon_plans(config: PollerConfig, work: WorkBuilder) -> list[Plan]:
     """The targets' plans; a UID file must exist unless a good copy of it is kept."""
     if not config.targets:
         raise ConfigError("no [[targets]]: the daemon has nothing to poll", source=config.source)
@@ -86,11 +85,11 @@ class Daemon:
         self._totals = Totals()
         self._report = SweepReport(self._metrics, self._readiness, self._totals, self._clock)
         self._work = WorkBuilder(
-            on_discovery_error=self._discovery_failed,
+            on_discovery_error=self._report.discovery_failed,
             copies_dir=resolve_state_dir(self.config.daemon.state_dir) / "uid-files",
-            on_source_error=self._source_failed,
+            on_source_error=self._report.source_failed,
         )
-        self._plans = _plans(self.config, self._work)
+        self._plans = daemon_plans(self.config, self._work)
         self._sinks: list[Sink] = []
         self._store: StateStore | None = None
         self._signals = StopSignals(self._on_stop_signal, on_hup=self._on_hup)
@@ -151,6 +150,7 @@ class Daemon:
                         first_sweep=first_sweep,
                     )
                 )
+                install_redactor(self._poller.client.redactor if self._poller.client else None)
                 stack.push_async_callback(self._cancel_background)
                 self._start_watchdog()
                 notify("READY=1\nSTATUS=polling")
@@ -316,8 +316,9 @@ class Daemon:
         assert poller is not None
         try:
             new = load_config(self.config_path)
-            plans = _plans(new, self._work)
+            plans = daemon_plans(new, self._work)
             await poller.reconfigure(new)
+            install_redactor(poller.client.redactor if poller.client else None)  # new keys
         except ConfigError as exc:
             log_event(
                 log, logging.ERROR, "reload rejected: keeping the running config", error=str(exc)
@@ -342,28 +343,6 @@ class Daemon:
             await reopen_sinks(self._sinks)
         except PollerError as exc:  # the next write fails loudly; a reload must not
             log_event(log, logging.ERROR, "reopening a sink failed", error=str(exc))
-
-    def _source_failed(self, target: Target, exc: ConfigError, kept: bool) -> None:
-        self._metrics.uid_file_errors.inc()
-        self._report.problem(f"UID file of {target} unreadable: {exc.detail}")
-        log_event(
-            log,
-            logging.ERROR,
-            "UID file unreadable",
-            target=str(target),
-            error=str(exc),
-            using="the last good copy" if kept else "nothing: the target is skipped this sweep",
-        )
-
-    def _discovery_failed(self, target: Target, exc: PollerError, known: list[str] | None) -> None:
-        log_event(
-            log,
-            logging.WARNING,
-            "discovery failed",
-            target=str(target),
-            error=str(exc),
-            using="the last member list" if known is not None else "nothing",
-        )
 
     async def _sweep(self, tracker: ChangeTracker) -> bool:
         """One sweep written to the sinks; ``False`` when the daemon must give up."""

@@ -33,6 +33,7 @@ from .exits import (
     print_error,
     signal_exit_code,
 )
+from .logs import install_redactor
 from .signals import StopSignals
 
 __all__ = ["run_once_command"]
@@ -131,6 +132,7 @@ async def run_once_command(args: argparse.Namespace) -> int:
     clock = system_clock()
     progress: asyncio.Task[None] | None = None
     async with Poller(config) as poller:
+        install_redactor(poller.client.redactor if poller.client else None)
 
         def on_stop(signum: int) -> None:
             log.warning("signal %d: finishing in-flight requests, then exiting", signum)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 
 from poller.core.clock import Clock
-from poller.core.errors import AuthError, ClockSkewError
-from poller.core.records import TargetKey
+from poller.core.errors import AuthError, ClockSkewError, ConfigError, PollerError
+from poller.core.records import Target, TargetKey
 from poller.core.stats import SweepStats, Totals
 
 from .logs import log_event
@@ -79,6 +79,29 @@ class SweepReport:
     def problem(self, reason: str) -> None:
         """Something in this sweep's input went wrong (readiness says so after the sweep)."""
         self._problems.append(reason)
+
+    def source_failed(self, target: Target, exc: ConfigError, kept: bool) -> None:
+        """A UID file could not be read (``kept``: its last good copy is used instead)."""
+        self._metrics.uid_file_errors.inc()
+        self.problem(f"UID file of {target} unreadable: {exc.detail}")
+        log_event(
+            log,
+            logging.ERROR,
+            "UID file unreadable",
+            target=str(target),
+            error=str(exc),
+            using="the last good copy" if kept else "nothing: the target is skipped this sweep",
+        )
+
+    def discovery_failed(self, target: Target, exc: PollerError, known: list[str] | None) -> None:
+        log_event(
+            log,
+            logging.WARNING,
+            "discovery failed",
+            target=str(target),
+            error=str(exc),
+            using="the last member list" if known is not None else "nothing",
+        )
 
     def _clock_skew(self, error: ClockSkewError) -> None:
         """Not the credentials: the count of rejected sweeps is left as it was."""

@@ -13,6 +13,11 @@ write short) has that torn last line cut off, since it never was a record: the s
 the file back to its last complete line and logs a WARNING on ``poller.sinks`` naming the file
 and the number of bytes dropped. Only the tail is read, backwards in blocks.
 
+An ID that is not valid UTF-8 (the ``InvalidUserId`` record of undecodable UID file bytes) has
+``uid`` as text, U+FFFD per undecodable byte, and ``uid_bytes``, its bytes in hex, which identify
+it (key on ``uid_bytes`` when present, else on ``uid``): the byte 0xFF gives ``"uid":"\\ufffd",
+"uid_bytes":"ff"``, the four characters ``\\xff`` ``"uid":"\\\\xff"``, U+FFFD ``"uid":"\\ufffd"``.
+
 Log rotation: ``reopen()`` (called for every sink that has one by :func:`reopen_sinks`, which the
 daemon runs on SIGHUP) flushes, fsyncs when configured, closes and reopens the path, so after
 ``mv out.jsonl out.jsonl.1`` and a SIGHUP new records go to a new ``out.jsonl`` (logrotate's
@@ -62,22 +67,31 @@ log = logging.getLogger("poller.sinks")
 _OPTS = orjson.OPT_APPEND_NEWLINE
 
 
+def _id_bytes(text: str) -> bytes:
+    """The bytes behind lone surrogates (``surrogateescape``, else ``surrogatepass``)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
 def _printable(value: object) -> object:
-    """A string orjson can encode: undecodable input bytes shown as ``\\xNN`` escapes."""
-    if isinstance(value, str):
-        try:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("ascii")
-    return value
+    """A string orjson can encode: undecodable bytes shown as ``\\xNN`` escapes (not ``uid``)."""
+    return _id_bytes(value).decode("utf-8", "backslashreplace") if isinstance(value, str) else value
 
 
 def _encode(record: Record) -> bytes:
     try:
         return orjson.dumps(record, option=_OPTS)
     except orjson.JSONEncodeError:
-        # Only an InvalidUserId record of an undecodable line gets here (lone surrogates).
-        return orjson.dumps({k: _printable(v) for k, v in record.items()}, option=_OPTS)
+        pass  # lone surrogates: the InvalidUserId record of an undecodable ID (module docstring)
+    fixed: dict[str, object] = {}
+    for key, value in record.items():
+        fixed[key] = _printable(value)
+        if key == "uid" and isinstance(value, str) and fixed[key] != value:
+            raw = _id_bytes(value)  # readable text, then the bytes that identify the ID
+            fixed[key], fixed["uid_bytes"] = raw.decode("utf-8", "replace"), raw.hex()
+    return orjson.dumps(fixed, option=_OPTS)
 
 
 def encode_records(records: Sequence[Record]) -> bytes:
