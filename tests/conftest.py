@@ -16,6 +16,7 @@ from poller.core.errors import PollerError
 from poller.core.ratelimit import RateStats
 from poller.core.records import Batch
 from poller.wire.client import OnlineUsersAnswer
+from tests.daemons import DaemonProcess
 
 
 class FakeClock:
@@ -160,3 +161,22 @@ class ScriptedFetcher:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., DaemonProcess]]:
+    """Start ``poller run`` subprocesses: ``daemons(tmp_path, config_text, env=None)``; any left
+    running at the end of the test is killed."""
+    started: list[DaemonProcess] = []
+
+    def start(tmp: Path, config: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        d = DaemonProcess(tmp, config, env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+        d.close()

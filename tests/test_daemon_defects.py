@@ -22,7 +22,7 @@ from poller.emulator.process import EmulatorProcess
 from poller.engine.poller import Poller
 from poller.engine.state import resolve_state_dir
 from poller.engine.work import WorkBuilder, plan_targets
-from tests.test_daemon import SECRET, DaemonProcess, base_config, target
+from tests.daemons import SECRET, DaemonProcess, base_config, target
 
 # `exec 1>&-` closes fd 1 before Python starts (subprocess.DEVNULL would be an open fd).
 CLOSED_STDOUT = ("sh", "-c", 'exec 1>&- ; exec "$0" "$@"', sys.executable, "-m", "poller")

@@ -19,29 +19,11 @@ import orjson
 import pytest
 
 from poller.emulator.process import EmulatorProcess
-
-from .test_daemon import DaemonProcess, base_config, target
+from tests.daemons import DaemonProcess, base_config, target
 
 pytestmark = pytest.mark.slow
 
 APP = "demo-app"
-
-
-@pytest.fixture
-def daemons() -> Any:
-    started: list[DaemonProcess] = []
-
-    def start(tmp: Path, config: str) -> DaemonProcess:
-        d = DaemonProcess(tmp, config)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
-        d.close()
 
 
 def sweeps(logs: list[dict[str, Any]]) -> int:

@@ -10,31 +10,12 @@ import pytest
 
 from poller.emulator.process import EmulatorProcess
 from poller.engine.state import StateStore
-
-from .test_daemon import DaemonProcess, base_config, target
+from tests.daemons import DaemonProcess, base_config, target
 
 pytestmark = pytest.mark.slow
 
 APP, GROUP = "demo-app", "steady"  # a group made with change_members: it does not churn
 UIDS = [f"m-{i:04d}" for i in range(300)]
-
-
-@pytest.fixture
-def daemons() -> Any:
-    started: list[DaemonProcess] = []
-
-    def start(tmp: Path, config: str) -> DaemonProcess:
-        tmp.mkdir(exist_ok=True)
-        d = DaemonProcess(tmp, config)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
-        d.close()
 
 
 def changes(daemon: DaemonProcess) -> list[dict[str, Any]]:

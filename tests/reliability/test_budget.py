@@ -16,7 +16,7 @@ from poller.config import RetryConfig
 from poller.core.records import Target
 from poller.emulator.process import EmulatorProcess
 from poller.engine.poller import Poller
-from tests.test_daemon import DaemonProcess, base_config, target
+from tests.daemons import DaemonProcess, base_config, target
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from poller.emulator import EmulatorConfig, EmulatorServer, FaultRates, GroupSpe
 from poller.emulator.process import EmulatorProcess
 from poller.engine.poller import Poller
 from poller.wire.signing import SigningCredentials
-from tests.test_daemon import DaemonProcess, base_config, target
+from tests.daemons import DaemonProcess, base_config, target
 
 TARGET = Target("demo-app", "demo-group")
 CREDS = SigningCredentials("demo-key", "demo-secret")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from poller.emulator.process import EmulatorProcess
-from tests.test_daemon import DaemonProcess, base_config, target
+from tests.daemons import DaemonProcess, base_config, target
 
 pytestmark = pytest.mark.slow
 
