@@ -281,10 +281,14 @@ def test_emulator_flag_and_clock_endpoint() -> None:
 
 
 @pytest.mark.slow
-def test_daemon_keeps_polling_against_a_server_an_hour_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offset_s", ["-3600", "1800"])
+def test_daemon_keeps_polling_against_a_server_whose_clock_is_off(
+    tmp_path: Path, offset_s: str
+) -> None:
+    """Our clock an hour ahead of the server's, or half an hour behind it."""
     uids = [f"user-{i:06d}" for i in range(1, 151)]
     with EmulatorProcess(
-        "--clock-offset-s", "-3600", "--group", "demo-app/demo-group:150", "--qps", "0"
+        "--clock-offset-s", offset_s, "--group", "demo-app/demo-group:150", "--qps", "0"
     ) as emulator:
         config = base_config(emulator, interval_s=0.3, max_auth_failures=2) + target(
             "demo-app", "demo-group", uids=uids

@@ -266,3 +266,35 @@ async def test_the_sweep_reads_a_snapshot_not_the_file_being_replaced(tmp_path: 
         uids.write_text("other\n")  # replaced while the sweep is about to read
         records = [r async for r in poller.sweep(target, source)]
     assert len(records) == 100
+
+
+async def test_users_whose_first_polls_failed_get_no_spurious_change_records() -> None:
+    """Under faults, a sweep whose batches failed must not make the next sweep announce those
+    users as changed: they are learned silently (nothing changed at the emulator)."""
+    emulator_config = EmulatorConfig(
+        port=0,
+        qps=0,
+        groups=(GroupSpec("demo-app", "demo-group", 2000),),
+        churn_per_s=0.0,
+        faults=FaultRates((("500", 0.3),)),
+        fault_seed=7,
+    )
+    target = Target("demo-app", "demo-group")
+    uids = [f"user-{i:06d}" for i in range(1, 2001)]
+    tracker = ChangeTracker("changes")
+    creds = SigningCredentials("demo-key", "demo-secret")
+    async with EmulatorServer(emulator_config) as server:
+        config = _real_config(server).with_changes(retry=RetryConfig(max_attempts=1))
+        async with Poller(config, credentials=creds) as poller:
+            written: list[list[Record]] = []
+            for _ in range(2):
+                out: list[Record] = []
+                async for records in poller.sweep_batches([(target, uids)]):
+                    out += tracker.process(records)
+                assert poller.last is not None
+                tracker.end_sweep(poller.last.sweep, {target.key})
+                written.append(out)
+                server.emulator.faults.configure(FaultRates(()))  # the second sweep is clean
+    failed_first = sum(r["type"] == "error" for r in written[0])
+    assert failed_first > 200  # many users' first poll failed ...
+    assert [r for r in written[1] if r["type"] == "change"] == []  # ... and none "changed"
