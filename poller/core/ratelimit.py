@@ -12,7 +12,9 @@ wake-up for good (about 91 % of the rate). This meter follows six rules:
    of ``window`` seconds ever holds more than ``limit`` grants, even after catch-up, and the
    margin absorbs jitter between our send time and the server's arrival time.
 3. **Pause.** A throttling answer pauses every acquirer until the server's ``retry_after``
-   (at most ``max_pause_s``), always, whatever the rules below decide.
+   (at most ``max_pause_s``), except during a hold (rule 5: the throttles are known noise).
+   The throttled request's own retry always waits at least its ``retry_after`` (the retry
+   policy's floor).
 4. **Cut, on trial.** Other callers in the same account spend the same budget, so the meter
    must yield to them: a throttle that follows another within ``isolated_s`` multiplies the
    rate by ``decrease`` (a lone throttle after a quiet spell, arrival jitter at the server,
@@ -28,8 +30,9 @@ wake-up for good (about 91 % of the rate). This meter follows six rules:
    fell by less than half the cut (we are above a competitor's leftover and the cut only
    removed requests that would have been throttled). Otherwise the throttles are not ours to
    fix (other tenants' noise, the cloud's jitter: the same fraction at any rate): the rate
-   returns to where it was before the cut and **holds** there for ``hold_s``: no cuts, no
-   recovery, pauses still honoured. A hold ends early when the throttle fraction of the last
+   returns to where it was before the cut and **holds** there for ``hold_s`` (doubled for each
+   failed trial in a row, up to 32 ``hold_s``): no cuts, no recovery, no pauses. A hold ends
+   early when the throttle fraction of the last
    ``trial_s`` climbs ``z`` standard errors above the one of the failed trial (a competitor
    arrived during the hold).
 6. **Recover.** Outside trials and holds the rate climbs back linearly by ``recovery_per_s``
@@ -137,6 +140,7 @@ class PacedRateLimiter:
         self._recent_throttles: deque[float] = deque()
         self._trial: _Trial | None = None
         self._hold_until = -math.inf
+        self._failed_trials = 0
         self._active_since = math.inf
         self._floor = (0, 0)  # throttles and grants of the trial that started the hold
         self.reconfigure(qps, margin_s=margin_s, adaptive=adaptive)
@@ -169,6 +173,7 @@ class PacedRateLimiter:
         self._adaptive = adaptive
         self._granted_at = deque(self._granted_at, maxlen=self._limit)
         self._trial = None  # a trial or hold measured against the old budget means nothing now
+        self._failed_trials = 0
         self._hold_until = -math.inf
 
     @property
@@ -242,7 +247,10 @@ class PacedRateLimiter:
         now = self._clock.monotonic()
         self._throttle_events += 1
         _note(self._recent_throttles, now, now - self._trial_s)
-        if retry_after_s is not None and retry_after_s > 0:
+        holding = now < self._hold_until
+        if retry_after_s is not None and retry_after_s > 0 and not holding:
+            # While holding, throttles are known noise: only the throttled request waits (its
+            # retry honours retry_after); everyone else goes on.
             self._paused_until = max(self._paused_until, now + min(retry_after_s, self._max_pause))
         self._judge(now)
         previous, self._last_throttle = self._last_throttle, now
@@ -305,15 +313,19 @@ class PacedRateLimiter:
         if throttles < 2 or _moved(
             trial.before_throttles, trial.before_grants, throttles, grants, self._z
         ):
+            self._failed_trials = 0
             return  # the throttles stopped, fell or grew: they answer to the rate
         # Successes per second kept (within half the cut): only doomed requests were cut.
         if (grants - throttles) * self._trial_s >= (1.0 + self._decrease) / 2.0 * (
             trial.before_grants - trial.before_throttles
         ) * (now - trial.started):
+            self._failed_trials = 0
             return
         self._rate = trial.rate_before
         self._undone += 1
-        self._hold_until = now + self._hold_s
+        # Each cut in a row that did not help doubles the hold (up to 32 x hold_s).
+        self._hold_until = now + self._hold_s * 2 ** min(self._failed_trials, 5)
+        self._failed_trials += 1
         self._floor = (trial.before_throttles + throttles, trial.before_grants + grants)
 
     def _recover(self, now: float) -> None:
