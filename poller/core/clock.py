@@ -11,7 +11,6 @@ signatures and record timestamps follow the server when the local clock is off.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from typing import Protocol
 
@@ -127,6 +126,8 @@ class SkewedClock:
 def parse_http_date(value: str) -> float | None:
     """An HTTP-date (``Sun, 06 Nov 1994 08:49:37 GMT``) as epoch seconds; ``None`` if unreadable."""
     try:
+        import email.utils  # only where a Date header is read: keeps `import poller` light
+
         parts = email.utils.parsedate_tz(value)
         if parts is None:
             return None
@@ -139,6 +140,8 @@ def parse_http_date(value: str) -> float | None:
 
 def http_date(epoch_s: float) -> str:
     """``epoch_s`` as an HTTP-date (IMF-fixdate, GMT), truncated to the second."""
+    import email.utils
+
     return email.utils.formatdate(int(epoch_s), usegmt=True)
 
 

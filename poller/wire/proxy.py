@@ -17,7 +17,6 @@ Proxy URLs may hold credentials: show them only through :func:`mask_proxy_url`.
 from __future__ import annotations
 
 import os
-import urllib.request
 from collections.abc import Mapping
 
 from poller.config import ApiConfig
@@ -65,6 +64,8 @@ def proxy_for(api: ApiConfig, environ: Mapping[str, str] = os.environ) -> str | 
     """The proxy URL (credentials included: mask before showing it) through which the aiohttp
     transport would reach ``api.base_url``, or ``None`` when it would connect directly."""
     if environ is os.environ:
+        import urllib.request  # only when a client starts: keeps `import poller` light
+
         proxies = urllib.request.getproxies()
         bypass = bool(urllib.request.proxy_bypass(api.host))
     else:
