@@ -11,37 +11,41 @@ wake-up for good (about 91 % of the rate). This meter follows six rules:
    a new slot is granted only once the oldest of them is ``window + margin`` old. So no window
    of ``window`` seconds ever holds more than ``limit`` grants, even after catch-up, and the
    margin absorbs jitter between our send time and the server's arrival time.
-3. **Pause.** A throttling answer pauses every acquirer until the server's ``retry_after``
-   (at most ``max_pause_s``), except during a hold (rule 5: the throttles are known noise).
-   The throttled request's own retry always waits at least its ``retry_after`` (the retry
-   policy's floor).
+3. **Pause.** A throttle that follows another within ``isolated_s`` pauses every acquirer
+   until the server's ``retry_after`` (at most ``max_pause_s``). A lone throttle after a quiet
+   spell (arrival jitter at the server) does not, nor does any throttle during a trial (rule 4:
+   a pause would stop the very traffic the trial measures) or a hold (rule 5: the throttles are
+   known noise). The throttled request's own retry always waits at least its ``retry_after``
+   (the retry policy's floor).
 4. **Cut, on trial.** Other callers in the same account spend the same budget, so the meter
    must yield to them: a throttle that follows another within ``isolated_s`` multiplies the
-   rate by ``decrease`` (a lone throttle after a quiet spell, arrival jitter at the server,
-   only pauses; so does any throttle in the first ``trial_s`` after an idle spell, when there
-   is nothing yet to judge a cut by). The cut is a trial: the rate stays put, no further cut
-   is made, and after ``trial_s`` (longer while too few throttles were to be expected to tell
-   anything: until 6 would have come at the fraction before, at most 5 ``trial_s``) the
-   trial's throttle fraction (throttles / grants) is compared with that of the ``trial_s``
-   before the cut (not counting the throttle that triggered it).
+   rate by ``decrease``, unless it comes in the first ``trial_s`` after an idle spell, when
+   there is nothing yet to judge a cut by. The cut is a trial: the rate stays put, no further
+   cut is made, and after ``trial_s`` the trial's throttle fraction (throttles / grants) is
+   compared with that of the ``trial_s`` before the cut (not counting the throttle that
+   triggered it). A trial goes on while too few throttles came to tell anything: until 6
+   would have come at the fraction before, or 6 came and at least as many as would have
+   (they did not fall), at most 5 ``trial_s``.
 5. **Keep a cut only if it helped.** It helped when the throttles stopped (fewer than 2), or
    their fraction moved by at least ``z`` standard errors (a two-proportion z-test: falling,
    cutting works; growing, someone is taking more of the account), or successes per second
-   fell by less than half the cut (we are above a competitor's leftover and the cut only
-   removed requests that would have been throttled). Otherwise the throttles are not ours to
-   fix (other tenants' noise, the cloud's jitter: the same fraction at any rate): the rate
-   returns to where it was before the cut and **holds** there for ``hold_s`` (doubled for each
-   failed trial in a row, up to 32 ``hold_s``): no cuts, no recovery, no pauses. A hold ends
-   early when the throttle fraction of the last
-   ``trial_s`` climbs ``z`` standard errors above the one of the failed trial (a competitor
-   arrived during the hold).
+   stayed above half the cut below what the rate before would have brought at the fraction
+   before (we are above a competitor's leftover and the cut only removed requests that would
+   have been throttled; the rate before, not the grants before, is the yardstick, since pauses
+   thinned those out). Otherwise the throttles are not ours to fix (other tenants' noise, the
+   cloud's jitter: the same fraction at any rate): the rate returns to where it was before the
+   cut and **holds** there for ``hold_s`` (doubled for each failed trial in a row, up to 32
+   ``hold_s``): no cuts, no recovery, no pauses. A hold ends early when the throttle fraction
+   of the last ``trial_s`` climbs ``z`` standard errors above the one of the failed trial (a
+   competitor arrived during the hold).
 6. **Recover.** Outside trials and holds the rate climbs back linearly by ``recovery_per_s``
    of the configured rate per second.
 
 So a real competitor (say 50 of the account's 100 requests/s) makes cuts help: throttles fall
 as the rate nears the leftover 50/s, cuts are kept, and the rate settles below it, probing
-upward by rule 6. Random throttles (2-5 % of answers whatever the rate) fail rule 5: they cost
-a trial at the lower rate about every ``hold_s``, not a collapse of the rate.
+upward by rule 6. Random throttles (2-5 % of answers whatever the rate, with any retry-after)
+fail rule 5: they cost a few pauses and one short trial at the lower rate, then a hold that
+doubles with each failed trial, not a collapse of the rate.
 ``tests/test_ratelimit.py`` checks both against a simulated server.
 
 Sleeps are rounded up to whole milliseconds and re-checked, so an event loop whose timers fire
@@ -120,7 +124,7 @@ class PacedRateLimiter:
         min_fraction: float = 0.05,
         max_pause_s: float = 10.0,
         isolated_s: float = 5.0,
-        trial_s: float = 2.0,
+        trial_s: float = 1.0,
         hold_s: float = 10.0,
         z: float = 3.0,
     ) -> None:
@@ -247,15 +251,12 @@ class PacedRateLimiter:
         now = self._clock.monotonic()
         self._throttle_events += 1
         _note(self._recent_throttles, now, now - self._trial_s)
-        holding = now < self._hold_until
-        if retry_after_s is not None and retry_after_s > 0 and not holding:
-            # While holding, throttles are known noise: only the throttled request waits (its
-            # retry honours retry_after); everyone else goes on.
-            self._paused_until = max(self._paused_until, now + min(retry_after_s, self._max_pause))
         self._judge(now)
         previous, self._last_throttle = self._last_throttle, now
         if now - previous > self._isolated_s:
-            return  # one throttle after a quiet spell: a jitter blip; pausing is enough
+            return  # one throttle after a quiet spell: a jitter blip; only its request waits
+        if retry_after_s is not None and retry_after_s > 0 and self._may_pause(now):
+            self._paused_until = max(self._paused_until, now + min(retry_after_s, self._max_pause))
         if now < self._hold_until and self._above_floor(now):
             self._hold_until = now  # throttles grew beyond the noise we held for
         if (
@@ -265,6 +266,11 @@ class PacedRateLimiter:
             and now - self._active_since >= self._trial_s  # a "before" to judge the cut by
         ):
             self._cut(now)
+
+    def _may_pause(self, now: float) -> bool:
+        """Rule 3's exceptions: a hold (the throttles are known noise) and a trial (a pause
+        would stop the very traffic the trial measures); only the throttled request waits."""
+        return self._trial is None and now >= self._hold_until
 
     def _cut(self, now: float) -> None:
         """Rule 4: cut the rate and put the cut on trial against the ``trial_s`` before it."""
@@ -306,7 +312,9 @@ class PacedRateLimiter:
         grants = self._granted - trial.granted
         throttles = self._throttle_events - trial.throttled
         expected = grants * trial.before_throttles / max(1, trial.before_grants)
-        if expected < _EVIDENCE and now < trial.deadline:
+        # Enough throttles came to tell they did not fall, or were to be expected if they did not.
+        persisted = throttles >= max(_EVIDENCE, expected)
+        if expected < _EVIDENCE and not persisted and now < trial.deadline:
             return  # too few throttles either way to tell yet: go on
         self._trial = None
         self._recovered_at = now
@@ -315,10 +323,12 @@ class PacedRateLimiter:
         ):
             self._failed_trials = 0
             return  # the throttles stopped, fell or grew: they answer to the rate
-        # Successes per second kept (within half the cut): only doomed requests were cut.
-        if (grants - throttles) * self._trial_s >= (1.0 + self._decrease) / 2.0 * (
-            trial.before_grants - trial.before_throttles
-        ) * (now - trial.started):
+        # Successes per second kept (within half the cut): only doomed requests were cut. The
+        # rate before, not the grants before, is the yardstick: pauses thinned those out.
+        kept = 1.0 - trial.before_throttles / max(1, trial.before_grants)
+        if grants - throttles >= (1.0 + self._decrease) / 2.0 * trial.rate_before * kept * (
+            now - trial.started
+        ):
             self._failed_trials = 0
             return
         self._rate = trial.rate_before
