@@ -115,6 +115,21 @@ async def test_budget_first_attempts_earn_and_retries_spend() -> None:
     assert outcome.attempts == 2 and budget.spent == 1
 
 
+async def test_throttled_requests_are_retried_without_a_retry_token() -> None:
+    """A burst of throttles (the account's window is full) must not drain the budget that
+    guards against failures: the retries wait for rate slots like every request."""
+    budget = RetryBudget(ratio=0.0, min_tokens=0.0)  # no retry token at all
+    retrier, _, _ = make(budget=budget)
+    meter = InstantRateMeter()
+    throttled = ThrottledError("slow", code="Throttling.User", http_status=400, retry_after_s=0.1)
+    outcome = await retrier.run(failing([throttled, throttled, throttled, None]), meter, action="A")
+    assert outcome.value == "ok" and outcome.attempts == 4
+    assert budget.spent == 0 and budget.denied == 0 and meter.granted == 4
+    # max_attempts still bounds them.
+    outcome = await retrier.run(failing([throttled] * 4), meter, action="A")
+    assert outcome.error is throttled and outcome.attempts == 4
+
+
 async def test_no_retry_once_stopping_or_past_the_deadline() -> None:
     retrier, _, clock = make()
     meter = InstantRateMeter()

@@ -6,7 +6,9 @@ Backoff is "full jitter": the n-th retry waits ``uniform(0, min(cap, base * 2**(
 floor, clamped to the cap. A :class:`RetryBudget` keeps retries to about ``ratio`` of first
 attempts (Envoy/gRPC style): every first attempt earns ``ratio`` of a token, every retry spends
 one, and a small floor of tokens lets a healthy run absorb a few early failures. When the cloud
-is down the budget runs dry and requests fail fast instead of tripling the load.
+is down the budget runs dry and requests fail fast instead of tripling the load. Retries of
+throttled requests spend no token: they wait for a rate slot like every request, so the rate
+meter already bounds their load.
 
 :class:`Retrier` runs one call (a batch, a discovery page) through attempts: each attempt takes
 a rate slot (the first one may arrive with its slot already granted), is timed, and ends in one
@@ -188,7 +190,11 @@ class Retrier:
                     delay = self.policy.backoff_s(err, attempt, self._rng)
                     if deadline is not None and clock.monotonic() + delay >= deadline:
                         return Outcome(None, err, attempt, deadline=True)
-                    if not self.budget.try_spend():
+                    # A throttled request was not served, and its retry takes a rate slot like
+                    # any request: it cannot add load beyond the budget the meter keeps, so it
+                    # spends no retry token (those stop amplification when the cloud fails).
+                    throttled = isinstance(err, ThrottledError)
+                    if not throttled and not self.budget.try_spend():
                         return Outcome(None, err, attempt)
                     await clock.sleep(delay)
                 attempt += 1
