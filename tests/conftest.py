@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from poller.core.ratelimit import RateStats
 from poller.core.records import Batch
 from poller.wire.client import OnlineUsersAnswer
 from tests.daemons import DaemonProcess
+from tests.redisserver import RedisServer, find_redis_server
 
 
 class FakeClock:
@@ -180,3 +182,17 @@ def daemons() -> Iterator[Callable[..., DaemonProcess]]:
             d.proc.kill()
             d.proc.wait()
         d.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real, empty ``redis-server`` on a unix socket in the test's folder, without persistence:
+    ``.url`` for clients, ``.restart()`` for "Redis restarted empty". Skipped when the binary is
+    missing, except on CI (``CI=true``), where that is a failure."""
+    binary = find_redis_server()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("redis-server not found: CI must install it (apt-get install redis-server)")
+        pytest.skip("redis-server not found; install it with: sudo apt-get install redis-server")
+    with RedisServer(tmp_path / "redis", binary) as server:
+        yield server
