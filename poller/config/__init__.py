@@ -14,6 +14,7 @@ from poller.config.loader import load_config, parse_config
 from poller.config.model import (
     DEFAULT_ENDPOINT,
     ApiConfig,
+    ClusterConfig,
     CredentialsConfig,
     DaemonConfig,
     LimitsConfig,
@@ -23,6 +24,7 @@ from poller.config.model import (
     SinkConfig,
     SweepConfig,
     TargetConfig,
+    mask_url,
     split_endpoint,
 )
 from poller.config.render import render_toml
@@ -30,6 +32,7 @@ from poller.config.render import render_toml
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ApiConfig",
+    "ClusterConfig",
     "CredentialsConfig",
     "DaemonConfig",
     "LimitsConfig",
@@ -40,6 +43,7 @@ __all__ = [
     "SweepConfig",
     "TargetConfig",
     "load_config",
+    "mask_url",
     "parse_config",
     "render_toml",
     "split_endpoint",

@@ -5,7 +5,8 @@ Every key is checked when the file is read; an error names the file and the dott
 (an int is accepted, a bool never), ``str``, ``Literal[...]`` of strings, ``X | None`` (for
 ``str`` and ``Path`` an empty string means None), ``Path`` (resolved against the config file's
 folder, ``~`` expanded) and ``tuple[str, ...]`` (a list of strings). A section is a field whose
-type is a dataclass; an array of tables is a field of type ``tuple[<dataclass>, ...]``.
+type is a dataclass (or ``<dataclass> | None``: an optional section, None when the file has no
+such table); an array of tables is a field of type ``tuple[<dataclass>, ...]``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def tables(cls: type = PollerConfig) -> dict[str, tuple[type, bool]]:
     """The TOML tables of ``cls``: name -> (dataclass, is an array of tables)."""
     found: dict[str, tuple[type, bool]] = {}
     for name, (_, hint) in field_types(cls).items():
+        hint = _optional(hint) or hint
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             found[name] = (hint, False)
         elif get_origin(hint) is tuple:
@@ -184,6 +186,8 @@ def parse_config(
     values: dict[str, Any] = {}
     for name, (cls, many) in layout.items():
         if not many:
+            if name not in data and _optional(field_types(PollerConfig)[name][1]) is not None:
+                continue  # an optional section left out: its default (None)
             raw = _mapping(data.get(name, {}), reader, name, "expected a table")
             values[name] = reader.table(cls, raw, name)
             continue

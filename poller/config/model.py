@@ -15,6 +15,9 @@ Metadata keys the loader and the renderer read:
     dataclass built in code is not checked).
 ``secret``
     the value is never echoed in an error and is masked by ``render_toml``.
+``mask``
+    ``(value) -> str``: how ``render_toml`` shows a secret that is partly public (a URL whose
+    password alone is hidden); without it a secret shows as ``****``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from poller.core.retry import (
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ApiConfig",
+    "ClusterConfig",
     "CredentialsConfig",
     "DaemonConfig",
     "LimitsConfig",
@@ -106,6 +110,42 @@ def _ca_bundle(path: Path) -> str | None:
         return f"not a valid PEM CA bundle: {str(path)!r} ({exc.reason or exc})"
     except OSError as exc:
         return f"cannot read the CA bundle {str(path)!r}: {exc.strerror or exc}"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``****``: safe to log and print."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "****" if url else ""
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    shown = f"{user}:****" if colon else "****"  # a lone userinfo may be a password too
+    return f"{scheme}://{shown}@{host}{slash}{path}"
+
+
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+
+
+def _redis_url(value: str) -> str | None:
+    scheme, sep, rest = value.partition("://")
+    if not value:
+        return "required: the Redis server of the fleet, e.g. redis://127.0.0.1:6379/0"
+    if not sep or scheme not in _REDIS_SCHEMES or not rest:
+        return (
+            "must be a redis://host:port/db, rediss://host:port/db or unix:///path URL; "
+            f"got {mask_url(value)!r}"
+        )
+    return None
+
+
+def _key_part(value: str) -> str | None:
+    """A piece of a Redis key: no braces (they would break the hash tag), no spaces."""
+    if any(c in value for c in "{} \t\r\n"):
+        return f"must contain no braces or white space; got {value!r}"
     return None
 
 
@@ -355,6 +395,35 @@ class MetricsConfig(_Checked):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig(_Checked):
+    """``[cluster]``: several poller processes on one account coordinate through Redis. Absent:
+    every process paces itself alone and ``redis`` is never imported."""
+
+    key_prefix: ClassVar[str] = "cluster"
+
+    #: ``redis://host:port/db``, ``rediss://`` (TLS) or ``unix:///path/redis.sock``.
+    redis_url: str = field(
+        default="", repr=False, metadata={"check": _redis_url, "secret": True, "mask": mask_url}
+    )
+    #: The name of an environment variable holding the Redis password (instead of the URL).
+    password_env: str = ""
+    #: The fleet's name: members of one fleet see each other in ``poller cluster status``.
+    name: str = field(default="presence", metadata={"check": _key_part})
+    #: This process's name in the fleet; empty: ``hostname-pid``.
+    member: str = field(default="", metadata={"check": _key_part})
+    #: The budget key: processes with the same ``account`` share one budget per API action.
+    #: Empty: a hash of the AccessKeyId (so keys of one account need the same ``account``).
+    account: str = field(default="", metadata={"check": _key_part})
+    #: Share the account's requests/s with every member through Redis.
+    share_budget: bool = True
+    #: While Redis is unreachable: ``share`` = a local budget of qps / members seen in the
+    #: last minute; ``pause`` = send nothing until it is back.
+    on_redis_down: Literal["share", "pause"] = "share"
+    #: The member count assumed by a process that starts while Redis is down.
+    expected_members: int = field(default=2, metadata=_between(1, 1000))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SinkConfig(_Checked):
     """One ``[[sinks]]`` entry; its errors name keys relative to the entry."""
 
@@ -380,6 +449,8 @@ class PollerConfig(_Checked):
     sweep: SweepConfig = SweepConfig()
     daemon: DaemonConfig = DaemonConfig()
     metrics: MetricsConfig = MetricsConfig()
+    #: Optional: ``None`` when the file has no ``[cluster]`` table.
+    cluster: ClusterConfig | None = None
     targets: tuple[TargetConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
     source: str | None = None

@@ -50,7 +50,7 @@ def _entries(table: Any, *, mask_secrets: bool, keep_unset: bool) -> Iterator[st
     for f in dataclasses.fields(table):
         value = getattr(table, f.name)
         if mask_secrets and f.metadata.get("secret"):
-            value = mask(value)
+            value = f.metadata.get("mask", mask)(value)
         elif value is None:
             if not keep_unset:
                 continue

@@ -59,11 +59,11 @@ import asyncio
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .clock import Clock, system_clock
 
-__all__ = ["PacedRateLimiter", "RateMeter", "RateStats"]
+__all__ = ["PacedRateLimiter", "RateMeter", "RateStats", "Retunable"]
 
 #: A trial goes on until the cut's grants, at the throttle fraction before it, would have drawn
 #: this many throttles (so that "they persisted" can be told from chance)...
@@ -106,6 +106,13 @@ class RateMeter(Protocol):
     def on_throttled(self, retry_after_s: float | None) -> None: ...
 
     def stats(self) -> RateStats: ...
+
+
+@runtime_checkable
+class Retunable(Protocol):
+    """A meter whose budget can change in place (a reloaded config), keeping what it granted."""
+
+    def reconfigure(self, qps: float, *, margin_s: float, adaptive: bool) -> None: ...
 
 
 class PacedRateLimiter:
@@ -183,6 +190,22 @@ class PacedRateLimiter:
     @property
     def rate(self) -> float:
         return self._rate
+
+    @property
+    def limit(self) -> int:
+        """Grants allowed in any ``window_s`` (+ margin)."""
+        return self._limit
+
+    @property
+    def paused_until(self) -> float:
+        """The monotonic time before which no slot is granted (rule 3, or :meth:`pause`)."""
+        return self._paused_until
+
+    def pause(self, seconds: float) -> None:
+        """Grant nothing for ``seconds`` from now (a pause decided elsewhere, e.g. a fleet's)."""
+        if seconds > 0:
+            until = self._clock.monotonic() + min(seconds, self._max_pause)
+            self._paused_until = max(self._paused_until, until)
 
     def __repr__(self) -> str:
         return (

@@ -15,12 +15,12 @@ import enum
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from poller.config import PollerConfig
 from poller.core.clock import Clock, SkewedClock, system_clock
 from poller.core.errors import ConfigError
-from poller.core.ratelimit import PacedRateLimiter, RateMeter
+from poller.core.ratelimit import PacedRateLimiter, RateMeter, Retunable
 from poller.core.records import LEGACY_API, Record, Target
 from poller.core.retry import Retrier
 from poller.core.stats import Attempt, AttemptListener, SweepStats
@@ -34,7 +34,13 @@ from .sinks import Sink
 from .sources import UidInput
 from .sweep import RecordQueue, Work, run_sweep
 
+if TYPE_CHECKING:  # redis-py is imported only with a [cluster] section
+    from poller.fleet import Fleet
+
 __all__ = ["Poller", "Work"]
+
+#: The API action of discovery pages (its own budget).
+DISCOVERY_ACTION = "ListMessageGroupUser"
 
 
 class _State(enum.Enum):
@@ -61,6 +67,9 @@ class Poller:
     The clock is wrapped in a :class:`~poller.core.clock.SkewedClock` (unless it is one) that
     the API client corrects from the server's ``Date`` headers: signatures and the records'
     ``polled_at`` use the server's time even when the local clock is off (see :attr:`clock`).
+
+    With a ``[cluster]`` section (and no ``rate_meter`` given) the poller joins the fleet in
+    Redis (:attr:`fleet`) and its meters share the account's budget with every member.
     """
 
     def __init__(
@@ -82,7 +91,8 @@ class Poller:
         self._credentials = credentials
         self._meter = rate_meter
         self._own_meter = rate_meter is None
-        self._discovery_meter: PacedRateLimiter | None = None
+        self._discovery_meter: RateMeter | None = None
+        self._fleet: Fleet | None = None
         self._clock = SkewedClock.wrap(clock or system_clock())
         self._on_attempt = on_attempt
         self._retrier = Retrier(
@@ -105,20 +115,43 @@ class Poller:
     async def __aenter__(self) -> Self:
         if self._state is not _State.UNOPENED:
             raise RuntimeError("a Poller can be opened only once")
+        config = self._config
+        creds = self._credentials
         if self._fetcher is None:
-            self._client = await self._open_client(self._config)
-        limits = self._config.limits
-        if self._meter is None:
-            self._meter = PacedRateLimiter(
-                limits.qps,
-                margin_s=limits.window_margin_ms / 1000.0,
-                clock=self._clock,
-                adaptive=limits.adaptive,
-            )
-        self._discovery_meter = PacedRateLimiter(limits.discovery_qps, clock=self._clock)
-        self._inflight = asyncio.Semaphore(limits.max_in_flight)
+            creds = creds or resolve_credentials(config.credentials)
+            self._client = await self._open_client(config, creds)
+        try:
+            await self._open_meters(config, creds)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        self._inflight = asyncio.Semaphore(config.limits.max_in_flight)
         self._state = _State.OPEN
         return self
+
+    async def _open_meters(self, config: PollerConfig, creds: SigningCredentials | None) -> None:
+        limits = config.limits
+        margin_s = limits.window_margin_ms / 1000.0
+        cluster = config.cluster
+        if cluster is not None and self._own_meter:
+            from poller.fleet import Fleet, account_of  # redis-py only with [cluster]
+
+            account = account_of(cluster, creds.access_key_id if creds else None)
+            fleet = self._fleet = Fleet(cluster, account=account, clock=self._clock)
+            if cluster.share_budget:
+                self._meter = fleet.meter(
+                    LEGACY_API, limits.qps, margin_s=margin_s, adaptive=limits.adaptive
+                )
+                self._discovery_meter = fleet.meter(
+                    DISCOVERY_ACTION, limits.discovery_qps, margin_s=margin_s
+                )
+            await fleet.start()
+        if self._meter is None:
+            self._meter = PacedRateLimiter(
+                limits.qps, margin_s=margin_s, clock=self._clock, adaptive=limits.adaptive
+            )
+        if self._discovery_meter is None:
+            self._discovery_meter = PacedRateLimiter(limits.discovery_qps, clock=self._clock)
 
     async def __aexit__(
         self,
@@ -127,12 +160,16 @@ class Poller:
         tb: TracebackType | None,
     ) -> None:
         self._state = _State.CLOSED
+        fleet, self._fleet = self._fleet, None
         client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        try:
+            if fleet is not None:
+                await fleet.aclose()
+        finally:
+            if client is not None:
+                await client.aclose()
 
-    async def _open_client(self, config: PollerConfig) -> LiveClient:
-        creds = self._credentials or resolve_credentials(config.credentials)
+    async def _open_client(self, config: PollerConfig, creds: SigningCredentials) -> LiveClient:
         client = LiveClient(
             config.api, creds, max_connections=config.limits.max_in_flight, clock=self._clock
         )
@@ -149,22 +186,28 @@ class Poller:
         if self.current is not None and self.current.finished_at is None:
             raise RuntimeError("reconfigure() between sweeps only")
         old = self._config
+        if config.cluster != old.cluster:
+            raise ConfigError("a changed [cluster] section takes effect at the next start")
         if self._fetcher is None and (
             (config.api, config.credentials, config.limits.max_in_flight)
             != (old.api, old.credentials, old.limits.max_in_flight)
         ):
-            client = await self._open_client(config)  # raises before anything changed
+            creds = self._credentials or resolve_credentials(config.credentials)
+            client = await self._open_client(config, creds)  # raises before anything changed
             previous, self._client = self._client, client
             if previous is not None:
                 await previous.aclose()
         limits = config.limits
         if limits != old.limits:
-            if self._own_meter and isinstance(self._meter, PacedRateLimiter):
-                self._meter.reconfigure(
-                    limits.qps, margin_s=limits.window_margin_ms / 1000.0, adaptive=limits.adaptive
-                )
-            if self._discovery_meter is not None:
-                self._discovery_meter.reconfigure(limits.discovery_qps)
+            margin_s = limits.window_margin_ms / 1000.0
+            meters: list[tuple[object, float, bool]] = [
+                (self._discovery_meter, limits.discovery_qps, True)
+            ]
+            if self._own_meter:  # a meter given by the caller is the caller's to retune
+                meters.append((self._meter, limits.qps, limits.adaptive))
+            for meter, qps, adaptive in meters:
+                if isinstance(meter, Retunable):
+                    meter.reconfigure(qps, margin_s=margin_s, adaptive=adaptive)
             self._inflight = asyncio.Semaphore(limits.max_in_flight)
         if config.retry != old.retry:
             self._retrier.configure(config.retry.policy(), config.retry.budget())
@@ -191,6 +234,11 @@ class Poller:
     def clock(self) -> SkewedClock:
         """The corrected clock: ``clock.offset_s`` is the learned server time minus local time."""
         return self._clock
+
+    @property
+    def fleet(self) -> Fleet | None:
+        """This process's membership of a fleet (``[cluster]``), else None."""
+        return self._fleet
 
     @property
     def rate_meter(self) -> RateMeter:
