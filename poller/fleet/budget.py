@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import random
 import socket
@@ -180,6 +181,7 @@ class Fleet:
         self._started_at = time.time()
         self.round_trips = 0
         self.redis_latency_s = 0.0
+        self.clock_sync = ClockSync()
         self.on_mode_change: Callable[[FleetStatus], None] | None = None
 
     def __repr__(self) -> str:
@@ -356,6 +358,40 @@ class Fleet:
         self.seen(int(seen))
 
 
+class ClockSync:
+    """Local monotonic time <-> Redis time, as NTP does it: each round trip gives the offset
+    ``redis - (sent + received) / 2``, off by at most half its round trip, so the sample with
+    the shortest round trip of the last ``keep_s`` is used. A slot's local time is then right
+    to about a tenth of a millisecond on a quiet link, not early by a whole (busy) round trip."""
+
+    def __init__(self, keep_s: float = 30.0) -> None:
+        self._keep = keep_s
+        self._samples: deque[tuple[float, float, float]] = deque()  # (received, rtt, offset)
+        self._best: tuple[float, float, float] | None = None
+
+    def observe(self, sent: float, received: float, redis_s: float) -> None:
+        rtt = max(0.0, received - sent)
+        sample = (received, rtt, redis_s - (sent + received) / 2.0)
+        samples = self._samples
+        samples.append(sample)
+        stale = received - self._keep
+        while samples[0][0] < stale:
+            samples.popleft()
+        best = self._best
+        if best is None or best[0] < stale or rtt <= best[1]:
+            self._best = min(samples, key=lambda s: s[1])
+
+    def local(self, redis_s: float) -> float:
+        """The local monotonic time of the Redis time ``redis_s``."""
+        assert self._best is not None, "observe() first"
+        return redis_s - self._best[2]
+
+    @property
+    def uncertainty_s(self) -> float:
+        """Half the best round trip: how far :meth:`local` may be off."""
+        return self._best[1] / 2.0 if self._best is not None else math.inf
+
+
 class FleetUnavailable(Exception):
     """Redis could not be used just now (the fleet is degraded)."""
 
@@ -503,14 +539,15 @@ class SharedRateMeter:
         )
         self._local_sends.clear()
         self._returning = False
-        _epoch, wait_ms, members, *offsets = reply
+        _epoch, wait_ms, members, now_ms, *offsets = reply
         self._fleet.seen(int(members))
+        sync = self._fleet.clock_sync
+        sync.observe(asked, clock.monotonic(), float(now_ms) / 1000.0)
         if not offsets:
             await clock.sleep(max(0.001, float(wait_ms) / 1000.0))
             return None
-        # Redis read its clock after ``asked``: a slot counted from ``asked`` is sent at or
-        # before its time in the log, never after.
-        self._slots.extend(asked + float(off) / 1000.0 for off in offsets)
+        redis_now = float(now_ms) / 1000.0
+        self._slots.extend(sync.local(redis_now + float(off) / 1000.0) for off in offsets)
         return self._next_slot(clock.monotonic())
 
     def on_throttled(self, retry_after_s: float | None) -> None:

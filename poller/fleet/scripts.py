@@ -41,9 +41,9 @@ __all__ = ["HEARTBEAT", "PAUSE", "RESERVE", "BudgetKeys", "Keys"]
 #: the other members take to notice Redis is back and report their own sends), and nobody gets
 #: a slot before it has passed.
 #:
-#: Returns {epoch, wait_ms, members, offset_ms...}: the offsets from now of the slots granted
-#: (with none granted, wait_ms says when asking again can succeed), and the members whose
-#: heartbeat is at most a minute old (FORGET_MEMBERS_S).
+#: Returns {epoch, wait_ms, members, now_ms, offset_ms...}: the offsets from now (Redis time) of
+#: the slots granted (with none granted, wait_ms says when asking again can succeed), and the
+#: members whose heartbeat is at most a minute old (FORGET_MEMBERS_S).
 RESERVE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -63,7 +63,7 @@ local function pause_for(ms)
 end
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
-  epoch = string.format('%d', now) .. '-' .. tag
+  epoch = string.format('%.3f', now) .. '-' .. tag
   redis.call('SET', KEYS[3], epoch, 'PX', 86400000)
   pause_for(window)
 else
@@ -84,7 +84,7 @@ local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if last[2] then at = math.max(at, tonumber(last[2]) + spacing) end
 local count = redis.call('ZCARD', KEYS[1])
 local members = redis.call('ZCOUNT', KEYS[5], now - 60000, '+inf')
-local out = {epoch, '0', members}
+local out = {epoch, '0', members, string.format('%.3f', now)}
 local granted = 0
 while granted < want do
   if count >= limit then
