@@ -23,21 +23,24 @@ wake-up for good (about 91 % of the rate). This meter follows six rules:
    there is nothing yet to judge a cut by. The cut is a trial: the rate stays put, no further
    cut is made, and after ``trial_s`` the trial's throttle fraction (throttles / grants) is
    compared with that of the ``trial_s`` before the cut (not counting the throttle that
-   triggered it). A trial goes on while too few throttles came to tell anything: until 6
-   would have come at the fraction before, or 6 came and at least as many as would have
-   (they did not fall), at most 5 ``trial_s``.
+   triggered it). A trial goes on while too few throttles came to tell anything: until it
+   has 30 grants and 6 throttles would have come at the fraction before, or 6 came and at
+   least as many as would have (they did not fall), at most 5 ``trial_s``; a trial that
+   drew fewer than 30 grants by then (the meter went quiet) just restores the rate.
 5. **Keep a cut only if it helped.** It helped when the throttles stopped (fewer than 2), or
    their fraction moved by at least ``z`` standard errors (a two-proportion z-test: falling,
-   cutting works; growing, someone is taking more of the account), or successes per second
-   stayed above half the cut below what the rate before would have brought at the fraction
-   before (we are above a competitor's leftover and the cut only removed requests that would
-   have been throttled; the rate before, not the grants before, is the yardstick, since pauses
-   thinned those out). Otherwise the throttles are not ours to fix (other tenants' noise, the
-   cloud's jitter: the same fraction at any rate): the rate returns to where it was before the
-   cut and **holds** there for ``hold_s`` (doubled for each failed trial in a row, up to 32
-   ``hold_s``): no cuts, no recovery, no pauses. A hold ends early when the throttle fraction
-   of the last ``trial_s`` climbs ``z`` standard errors above the one of the failed trial (a
-   competitor arrived during the hold).
+   cutting works; growing, someone is taking more of the account; for growing, the throttle
+   that triggered the cut counts in "before"), or successes per second stayed above half the
+   cut below what the rate before would have brought at the fraction before (we are above a
+   competitor's leftover and the cut only removed requests that would have been throttled;
+   the rate before, not the grants before, is the yardstick, since pauses thinned those
+   out). Otherwise the throttles are not ours to fix (other tenants' noise, the cloud's
+   jitter: the same fraction at any rate): the rate returns to where the run of kept cuts
+   that led here began (they rested on the same thin evidence) and **holds** there for
+   ``hold_s`` (doubled for each failed trial in a row, up to 32 ``hold_s``): no cuts, no
+   recovery, no pauses. A hold ends early when the throttle fraction since it began (30
+   grants at least) is ``z`` standard errors above the one of the failed trial (a competitor
+   arrived during the hold).
 6. **Recover.** Outside trials and holds the rate climbs back linearly by ``recovery_per_s``
    of the configured rate per second.
 
@@ -70,6 +73,8 @@ __all__ = ["PacedRateLimiter", "RateMeter", "RateStats", "Retunable"]
 _EVIDENCE = 6.0
 #: ...but for at most this many ``trial_s``.
 _LONGEST_TRIAL = 5.0
+#: Grants a "before" or a trial needs at the least to be judged at all.
+_MIN_GRANTS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,8 @@ class PacedRateLimiter:
         self._failed_trials = 0
         self._active_since = math.inf
         self._floor = (0, 0)  # throttles and grants of the trial that started the hold
+        self._hold_counts = (0, 0)  # grants and throttles when it started
+        self._chain_rate: float | None = None  # the rate before a run of kept cuts
         self.reconfigure(qps, margin_s=margin_s, adaptive=adaptive)
         self._next_due = -math.inf
         self._paused_until = -math.inf
@@ -184,6 +191,7 @@ class PacedRateLimiter:
         self._adaptive = adaptive
         self._granted_at = deque(self._granted_at, maxlen=self._limit)
         self._trial = None  # a trial or hold measured against the old budget means nothing now
+        self._chain_rate = None
         self._failed_trials = 0
         self._hold_until = -math.inf
 
@@ -308,6 +316,8 @@ class PacedRateLimiter:
             before_grants=grants,
             before_throttles=throttles - 1,  # not the one that made us cut: a biased pick
         )
+        if self._chain_rate is None:
+            self._chain_rate = self._rate  # the first of a run of kept cuts
         self._rate = max(self._min_rate, self._rate * self._decrease)
         self._decreases += 1
 
@@ -321,7 +331,12 @@ class PacedRateLimiter:
 
     def _above_floor(self, now: float) -> bool:
         """Whether the recent throttle fraction is clearly above the one a hold was for."""
-        grants, throttles = self._recent(now)
+        # Since the hold began, not the last moments: checked at every throttle, a short
+        # window would see noise climb "clearly" above the floor now and then.
+        grants = self._granted - self._hold_counts[0]
+        throttles = self._throttle_events - self._hold_counts[1]
+        if grants < _MIN_GRANTS:
+            return False
         floor_throttles, floor_grants = self._floor
         return throttles * floor_grants > floor_throttles * grants and _moved(
             floor_throttles, floor_grants, throttles, grants, self._z
@@ -337,13 +352,24 @@ class PacedRateLimiter:
         expected = grants * trial.before_throttles / max(1, trial.before_grants)
         # Enough throttles came to tell they did not fall, or were to be expected if they did not.
         persisted = throttles >= max(_EVIDENCE, expected)
-        if expected < _EVIDENCE and not persisted and now < trial.deadline:
-            return  # too few throttles either way to tell yet: go on
+        told = grants >= _MIN_GRANTS and (expected >= _EVIDENCE or persisted)
+        if not told and now < trial.deadline:
+            return  # too few grants or throttles either way to tell yet: go on
         self._trial = None
         self._recovered_at = now
-        if throttles < 2 or _moved(
-            trial.before_throttles, trial.before_grants, throttles, grants, self._z
-        ):
+        if grants < _MIN_GRANTS:
+            self._rate = trial.rate_before  # the meter went quiet: nothing to judge the cut by
+            return
+        before = (trial.before_throttles, trial.before_grants)
+        # The throttle that made us cut is left out of "before" (a biased pick): fair when
+        # asking whether throttles fell, not when asking whether they grew.
+        grew = (throttles * before[1] > (before[0] + 1) * grants) and _moved(
+            before[0] + 1, before[1], throttles, grants, self._z
+        )
+        fell = throttles * before[1] < before[0] * grants and _moved(
+            *before, throttles, grants, self._z
+        )
+        if throttles < 2 or fell or grew:
             self._failed_trials = 0
             return  # the throttles stopped, fell or grew: they answer to the rate
         # Successes per second kept (within half the cut): only doomed requests were cut. The
@@ -354,12 +380,16 @@ class PacedRateLimiter:
         ):
             self._failed_trials = 0
             return
-        self._rate = trial.rate_before
+        # Cutting did not help here, so the cuts kept before this one (on the same, smaller
+        # evidence) probably did not either: back to where the run of cuts began.
+        self._rate = max(trial.rate_before, self._chain_rate or 0.0)
+        self._chain_rate = None
         self._undone += 1
         # Each cut in a row that did not help doubles the hold (up to 32 x hold_s).
         self._hold_until = now + self._hold_s * 2 ** min(self._failed_trials, 5)
         self._failed_trials += 1
         self._floor = (trial.before_throttles + throttles, trial.before_grants + grants)
+        self._hold_counts = (self._granted, self._throttle_events)
 
     def _recover(self, now: float) -> None:
         """Rule 6 (also where a finished trial is judged)."""
@@ -368,6 +398,8 @@ class PacedRateLimiter:
         if not frozen and self._rate < self._max_rate:
             elapsed = max(0.0, now - self._recovered_at)
             self._rate = min(self._max_rate, self._rate + self._recovery * elapsed)
+            if self._rate >= self._max_rate:
+                self._chain_rate = None
         self._recovered_at = now
 
 
