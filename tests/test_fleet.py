@@ -12,23 +12,22 @@ import contextlib
 import itertools
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from poller import Poller, Target
-from poller.config import ClusterConfig, PollerConfig, parse_config, render_toml
+from poller.config import ClusterConfig, parse_config, render_toml
 from poller.core.errors import ConfigError
 from poller.emulator.process import EmulatorProcess
-from poller.fleet import Fleet, FleetStatus, account_of
+from poller.fleet import Fleet, account_of
 from poller.fleet.scripts import RESERVE, Keys
 from tests.redisserver import RedisServer
 
 pytestmark = pytest.mark.slow
-
-GROUP = Target("demo-app", "demo-group")
 
 
 def uids(n: int, start: int = 1) -> list[str]:
@@ -37,12 +36,6 @@ def uids(n: int, start: int = 1) -> list[str]:
 
 def cluster(server: RedisServer, member: str, **changes: Any) -> ClusterConfig:
     return ClusterConfig(redis_url=server.url, member=member, account="acct", **changes)
-
-
-async def sweep(config: PollerConfig, ids: Sequence[str]) -> tuple[list[dict[str, Any]], Poller]:
-    async with Poller(config) as poller:
-        records = [dict(r) async for r in poller.sweep(GROUP, ids)]
-    return records, poller
 
 
 def window(emulator: EmulatorProcess) -> tuple[int, int, int]:
@@ -58,6 +51,35 @@ def window(emulator: EmulatorProcess) -> tuple[int, int, int]:
 # -- the script alone: its window guarantee, on Redis time ----------------------------------
 
 
+def budget_keys(keys: Keys, action: str = "BatchGetOnlineUsers") -> list[str]:
+    """RESERVE's KEYS, in order."""
+    budget = keys.budget(action)
+    return [budget.log, budget.pause, budget.epoch, budget.usage, keys.members, budget.rates]
+
+
+async def test_a_member_that_cut_its_rate_slows_the_whole_fleet(
+    redis_server: RedisServer,
+) -> None:
+    """Member a's meter cut to half the rate: b's slots, too, come 20.4 ms apart, until a's
+    report is 2 s old."""
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    keys = Keys("acct")
+
+    async def reserve(tag: str, fraction: str, want: int) -> list[float]:
+        reply = await client.eval(
+            RESERVE, 6, *budget_keys(keys), 100, "1020", "10.2", want, "5000", tag, "0", fraction
+        )
+        return [float(reply[3]) + float(off) for off in reply[4:]]
+
+    try:
+        await reserve("a", "0.5", 1)
+        slots = await reserve("b", "1", 4)
+        gaps = [b - a for a, b in itertools.pairwise(slots)]
+        assert len(slots) == 4 and min(gaps) >= 20.4 - 0.01
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.parametrize("spacing_ms", [10.2, 1.0])
 async def test_reserve_never_puts_more_than_the_limit_into_a_window(
     redis_server: RedisServer, spacing_ms: float
@@ -67,19 +89,14 @@ async def test_reserve_never_puts_more_than_the_limit_into_a_window(
     of them, also when the spacing alone would allow more (the log decides)."""
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     keys = Keys("acct")
-    budget = keys.budget("BatchGetOnlineUsers")
     slots: list[float] = []
 
     async def reserver(tag: str) -> None:
         for _ in range(60):  # bounded: 60 calls of up to 4 slots each
             epoch, wait_ms, _members, now_ms, *offsets = await client.eval(
                 RESERVE,
-                5,
-                budget.log,
-                budget.pause,
-                budget.epoch,
-                budget.usage,
-                keys.members,
+                6,
+                *budget_keys(keys),
                 100,
                 "1020",
                 str(spacing_ms),
@@ -87,6 +104,7 @@ async def test_reserve_never_puts_more_than_the_limit_into_a_window(
                 "5000",
                 tag,
                 "0",
+                "1",
             )
             assert epoch and (offsets or float(wait_ms) > 0)
             slots.extend(float(now_ms) + float(off) for off in offsets)
@@ -110,59 +128,122 @@ async def test_a_budget_that_lost_its_log_admits_nobody_for_a_window(
 ) -> None:
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     keys = Keys("acct")
-    budget = keys.budget("BatchGetOnlineUsers")
-    args: list[str | int] = [100, "1020", "10.2", 1, "5000", "m", "0"]
-    call_keys = [budget.log, budget.pause, budget.epoch, budget.usage, keys.members]
+    args: list[str | int] = [100, "1020", "10.2", 1, "5000", "m", "0", "1"]
+    call_keys = budget_keys(keys)
     try:
-        first = await client.eval(RESERVE, 5, *call_keys, *args)
+        first = await client.eval(RESERVE, 6, *call_keys, *args)
         assert float(first[4]) >= 1020.0 - 1  # a new epoch: one window first
-        again = await client.eval(RESERVE, 5, *call_keys, *args)
+        again = await client.eval(RESERVE, 6, *call_keys, *args)
         assert again[0] == first[0]  # same epoch
         await client.flushall()  # Redis lost its data
-        fresh = await client.eval(RESERVE, 5, *call_keys, *args)
+        fresh = await client.eval(RESERVE, 6, *call_keys, *args)
         assert fresh[0] != first[0] and float(fresh[4]) >= 1020.0 - 1
     finally:
         await client.aclose()
 
 
-# -- members sharing the account through pollers ---------------------------------------------
+# -- members sharing the account: ``poller once`` processes, as in production -------------------
 
 
 @contextlib.contextmanager
-def emulator_for(n: int, *args: str) -> Any:
+def emulator_for(n: int, *args: str) -> Iterator[EmulatorProcess]:
     with EmulatorProcess("--qps", "100", "--group", f"demo-app/demo-group:{n}", *args) as emu:
         yield emu
 
 
-async def test_two_members_share_the_account_budget(redis_server: RedisServer) -> None:
-    """Two pollers on one account: together never more than 100 requests in a second, none
+class Member:
+    """One ``poller once`` process polling ``ids`` of demo-app/demo-group."""
+
+    def __init__(
+        self,
+        folder: Path,
+        emulator: EmulatorProcess,
+        ids: Sequence[str],
+        fleet: ClusterConfig | None,
+        *,
+        key: tuple[str, str] = ("demo-key", "demo-secret"),
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        config = emulator.poller_config(*key, cluster=fleet)
+        (folder / "poller.toml").write_text(render_toml(config, mask_secrets=False), "utf-8")
+        (folder / "uids.txt").write_text("\n".join(ids), "utf-8")
+        self.output = folder / "out.jsonl"
+        self.stderr_path = folder / "stderr.txt"
+        with self.stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "poller",
+                    "once",
+                    "--config",
+                    str(folder / "poller.toml"),
+                    "--uids-file",
+                    str(folder / "uids.txt"),
+                    "--target",
+                    "demo-app/demo-group",
+                    "--output",
+                    str(self.output),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+
+    async def result(self) -> tuple[list[dict[str, Any]], str]:
+        """The records and stderr, once the process exited 0 (killed after 90 s)."""
+        try:
+            code = await asyncio.to_thread(self.proc.wait, 90.0)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        stderr = self.stderr_path.read_text("utf-8", "replace")
+        assert code == 0, stderr
+        lines = self.output.read_bytes().splitlines() if self.output.exists() else []
+        return [orjson.loads(line) for line in lines], stderr
+
+
+async def run_members(members: Sequence[Member]) -> list[tuple[list[dict[str, Any]], str]]:
+    return list(await asyncio.gather(*(m.result() for m in members)))
+
+
+async def test_two_members_share_the_account_budget(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two processes on one account: together never more than 100 requests in a second, none
     throttled, every UID answered; without [cluster] the same pair overruns the account."""
-    ids = uids(1600)
-    with emulator_for(1600) as emu:
-        configs = [emu.poller_config(cluster=cluster(redis_server, f"m{i}")) for i in range(2)]
-        results = await asyncio.gather(*(sweep(c, ids) for c in configs))
+    ids = uids(2000)
+    with emulator_for(2000) as emu:
+        members = [
+            Member(tmp_path / f"m{i}", emu, ids, cluster(redis_server, f"m{i}")) for i in range(2)
+        ]
+        for records, _ in await run_members(members):
+            assert sorted(r["uid"] for r in records) == sorted(ids)
+            assert {r["type"] for r in records} == {"presence"}
         requests, throttled, most = window(emu)
-        for records, poller in results:
-            assert [r["type"] for r in records] == ["presence"] * len(ids)
-            assert poller.fleet is None  # closed with the poller
-        assert requests == 160 and throttled == 0 and most <= 100, (requests, throttled, most)
+        assert requests == 200 and throttled == 0 and most <= 100, (requests, throttled, most)
 
         emu.reset()
-        alone = [emu.poller_config() for _ in range(2)]
-        await asyncio.gather(*(sweep(c, ids) for c in alone))
+        alone = [Member(tmp_path / f"alone{i}", emu, ids, None) for i in range(2)]
+        await run_members(alone)
         _, throttled, most = window(emu)
         assert most > 100 or throttled > 0  # each paced itself to the whole account
 
 
-async def test_two_access_keys_of_one_account_share_one_budget(redis_server: RedisServer) -> None:
-    ids = uids(1200)
+async def test_two_access_keys_of_one_account_share_one_budget(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    ids = uids(1500)
     keys = ("--access-key", "demo-key:demo-secret@acct", "--access-key", "key-b:secret-b@acct")
-    with emulator_for(1200, *keys) as emu:
-        a = emu.poller_config(cluster=cluster(redis_server, "a"))
-        b = emu.poller_config("key-b", "secret-b", cluster=cluster(redis_server, "b"))
-        await asyncio.gather(sweep(a, ids), sweep(b, ids))
+    with emulator_for(1500, *keys) as emu:
+        members = [
+            Member(tmp_path / "a", emu, ids, cluster(redis_server, "a")),
+            Member(tmp_path / "b", emu, ids, cluster(redis_server, "b"), key=("key-b", "secret-b")),
+        ]
+        await run_members(members)
         requests, throttled, most = window(emu)
-    assert requests == 120 and throttled == 0 and most <= 100, (requests, throttled, most)
+    assert requests == 150 and throttled == 0 and most <= 100, (requests, throttled, most)
 
 
 async def test_members_see_each_other_and_leave_on_close(redis_server: RedisServer) -> None:
@@ -195,39 +276,31 @@ async def stop_redis_for(server: RedisServer, after_s: float, down_s: float) -> 
     await asyncio.to_thread(server.start)  # empty: no persistence
 
 
-async def poll_with_modes(
-    config: PollerConfig, ids: Sequence[str], modes: list[str]
-) -> list[dict[str, Any]]:
-    async with Poller(config) as poller:
-        assert poller.fleet is not None
-        record_mode: Callable[[FleetStatus], None] = lambda s: modes.append(s.mode)  # noqa: E731
-        poller.fleet.on_mode_change = record_mode
-        return [dict(r) async for r in poller.sweep(GROUP, ids)]
-
-
 @pytest.mark.parametrize("policy", ["share", "pause"])
 async def test_redis_down_then_back_empty_is_survived_without_overrunning(
-    redis_server: RedisServer, policy: str
+    redis_server: RedisServer, tmp_path: Path, policy: str
 ) -> None:
     """Redis stops for 3 s in the middle of two members' sweeps and comes back empty: no
-    crash, every UID answered, the account's window never above 100; each member goes
-    degraded and returns to the shared budget."""
-    ids = uids(6000)
-    with emulator_for(6000) as emu:
-        configs = [
-            emu.poller_config(cluster=cluster(redis_server, f"m{i}", on_redis_down=policy))
+    crash, every UID answered, the account's window never above 100; each member logs that
+    it went degraded and that it returned to the shared budget."""
+    ids = uids(8000)
+    with emulator_for(8000) as emu:
+        members = [
+            Member(
+                tmp_path / f"m{i}", emu, ids, cluster(redis_server, f"m{i}", on_redis_down=policy)
+            )
             for i in range(2)
         ]
-        modes: list[list[str]] = [[], []]
-        outage = asyncio.create_task(stop_redis_for(redis_server, 2.0, 3.0))
-        results = await asyncio.gather(
-            *(poll_with_modes(c, ids, m) for c, m in zip(configs, modes, strict=True))
-        )
+        outage = asyncio.create_task(stop_redis_for(redis_server, 3.0, 3.0))
+        results = await run_members(members)
         await outage
         requests, throttled, most = window(emu)
-    for records in results:
-        assert [r["type"] for r in records] == ["presence"] * len(ids)
-    assert modes == [["degraded", "shared"]] * 2
+    fallback = "local budget of qps/2" if policy == "share" else "sending paused"
+    for records, stderr in results:
+        assert sorted(r["uid"] for r in records) == sorted(ids)
+        assert {r["type"] for r in records} == {"presence"}
+        assert "fleet degraded: Redis unreachable" in stderr and fallback in stderr, stderr
+        assert "back to the shared budget" in stderr, stderr
     assert throttled == 0 and most <= 100, (requests, throttled, most)
 
 

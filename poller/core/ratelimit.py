@@ -200,6 +200,11 @@ class PacedRateLimiter:
         return self._rate
 
     @property
+    def max_rate(self) -> float:
+        """The configured rate (grants/s): ``limit / (window + margin)``."""
+        return self._max_rate
+
+    @property
     def limit(self) -> int:
         """Grants allowed in any ``window_s`` (+ margin)."""
         return self._limit

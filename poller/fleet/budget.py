@@ -11,8 +11,9 @@ the member and counts the members seen in the last minute, and the mode (shared 
   sliding-window log on Redis time, a few at a time (``block``), so one round trip serves
   several requests. A slot may lie a little ahead; the member waits for it.
 * A throttle that makes the local meter pause everyone is published (PAUSE): every member's
-  next slot comes after it. A cut slows this member's slots (its spacing grows); every member
-  sees the same throttles, so each applies the same rule.
+  next slot comes after it. A cut is published too (each reservation says what fraction of
+  the full rate the member's meter allows): slots are spaced for the slowest member of the
+  last 2 s, so the fleet slows down as one process would, and recovers with that member.
 * Redis unreachable (down, restarting, a network fault): never a crash, never a storm. With
   ``on_redis_down = "share"`` the local meter becomes the budget, at ``qps / members seen in
   the last minute`` (``expected_members`` if none was ever seen), after one window of silence
@@ -68,6 +69,8 @@ FORGET_MEMBERS_S: Final = 60.0
 BLOCK: Final = 4
 #: Reserve no slot further ahead than this (s); beyond, wait and ask again.
 AHEAD_S: Final = 0.25
+#: The shared log's window is 1 s plus this many ``window_margin_ms``.
+FLEET_MARGIN_FACTOR: Final = 2.0
 #: Seconds between probes of an unreachable Redis (jittered by ±25 %).
 PROBE_S: Final = 1.0
 #: Redis calls that take longer count as failures (the member falls back, it does not hang).
@@ -429,6 +432,13 @@ class SharedRateMeter:
         self._returning = False  # the next reservation is the first after a degraded spell
         self.shared_grants = 0
 
+    @property
+    def _window(self) -> float:
+        """The shared log's window: 1 s plus twice the margin. Members are separate processes
+        (often on separate hosts), so a send's delay between its slot and its arrival varies
+        more than in one process; the second margin absorbs that."""
+        return 1.0 + FLEET_MARGIN_FACTOR * self._margin
+
     def __repr__(self) -> str:
         return f"<SharedRateMeter {self.action} {self._qps:g}/s account={self._fleet.account!r}>"
 
@@ -453,9 +463,11 @@ class SharedRateMeter:
             return
         self._returning = True
         share = self._qps / max(1, self._fleet.members)
-        self._local.reconfigure(share, margin_s=self._margin, adaptive=self._adaptive)
-        # The fleet's grants of the last window are unknown: wait it out before sending alone.
-        self._local.pause(1.0 + self._margin)
+        margin = self._window - 1.0  # members send alone, side by side: the fleet's margin
+        self._local.reconfigure(share, margin_s=margin, adaptive=self._adaptive)
+        # The fleet's grants of the last window are unknown, and slots reserved before Redis
+        # went away may still be used for up to AHEAD_S: wait both out before sending alone.
+        self._local.pause(self._window + AHEAD_S)
 
     async def acquire(self) -> float:
         clock = self._clock
@@ -501,7 +513,7 @@ class SharedRateMeter:
     def _note_local_send(self, now: float) -> None:
         sends = self._local_sends
         sends.append(now)
-        horizon = now - (1.0 + self._margin)
+        horizon = now - self._window
         while sends and sends[0] < horizon:
             sends.popleft()
 
@@ -509,9 +521,10 @@ class SharedRateMeter:
         """Ask the fleet for slots; the first one, or None after waiting as told."""
         clock = self._clock
         asked = clock.monotonic()
-        window_ms = (1.0 + self._margin) * 1000.0
+        window_ms = self._window * 1000.0
         limit = max(1, int(self._qps))
-        spacing_ms = 1000.0 / max(self._local.rate, 1e-3)
+        spacing_ms = window_ms / limit
+        fraction = self._local.rate / self._local.max_rate
         ages = [f"{(asked - t) * 1000.0:.3f}" for t in self._local_sends]
         # Back from a spell without Redis: the others may still send alone for up to a probe
         # interval (+25 % jitter) and a slot is reserved up to AHEAD_S early; their sends must
@@ -525,6 +538,7 @@ class SharedRateMeter:
                 self._keys.epoch,
                 self._keys.usage,
                 self._fleet.keys.members,
+                self._keys.rates,
             ],
             [
                 limit,
@@ -534,6 +548,7 @@ class SharedRateMeter:
                 f"{AHEAD_S * 1000.0:.3f}",
                 self._fleet.member,
                 f"{quarantine:.3f}",
+                f"{fraction:.4f}",
                 *ages,
             ],
         )

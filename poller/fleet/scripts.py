@@ -11,6 +11,7 @@ keys would share a slot; Redis Cluster itself is not supported yet)::
     poller:{A}:<action>:pause   STR   no slot before this time (a throttle, or a new epoch)
     poller:{A}:<action>:epoch   STR   present while the log is trustworthy (see RESERVE)
     poller:{A}:<action>:usage   HASH  unix second -> grants, for ``poller cluster status``
+    poller:{A}:<action>:rates   HASH  member -> "fraction:time": its meter's share of the rate
     poller:{A}:members          ZSET  member -> its last heartbeat
     poller:{A}:member:<member>  HASH  what a member says about itself; expires with it
 """
@@ -24,16 +25,19 @@ __all__ = ["HEARTBEAT", "PAUSE", "RESERVE", "BudgetKeys", "Keys"]
 
 #: Reserve up to ``want`` slots of the shared budget.
 #:
-#: KEYS: log, pause, epoch, usage, members. ARGV: limit (grants per window), window_ms (the
-#: window plus margin), spacing_ms (at least this between consecutive slots), want, ahead_ms
-#: (reserve no slot further ahead than this), tag (the member's, for the log entries),
-#: quarantine_ms (see below; 0 normally), then any number of ages in ms: this member's sends
+#: KEYS: log, pause, epoch, usage, members, rates. ARGV: limit (grants per window), window_ms
+#: (the window plus margin), spacing_ms (between consecutive slots at the full rate), want,
+#: ahead_ms (reserve no slot further ahead than this), tag (the member's, for the log
+#: entries), quarantine_ms (see below; 0 normally), fraction (of the full rate this member's
+#: meter allows now: below 1 after a cut), then any number of ages in ms: this member's sends
 #: made while Redis was unreachable, entered into the log first.
 #:
-#: Slots are handed out in time order: each is at least ``spacing_ms`` after the last one in
-#: the log and, when the log holds ``limit`` or more grants, one window after the one that must
-#: leave it, so no window of ``window_ms`` ever holds more than ``limit`` slots. A slot may lie
-#: ahead of now; its member sends at or before it, which only makes the log more cautious.
+#: Slots are handed out in time order: each is at least ``spacing_ms / fraction`` after the
+#: last one in the log, with the smallest fraction any member reported in the last 2 s (a cut
+#: slows the whole fleet, as it would slow one process), and, when the log holds ``limit`` or
+#: more grants, one window after the one that must leave it, so no window of ``window_ms``
+#: ever holds more than ``limit`` slots. A slot may lie ahead of now; its member sends at or
+#: before it, which only makes the log more cautious.
 #:
 #: Grants the log does not hold must age out before it admits anyone: when the epoch key is
 #: missing (a new budget, or a Redis that lost its data) no slot is handed out for one window;
@@ -54,6 +58,19 @@ local want = tonumber(ARGV[4])
 local ahead = tonumber(ARGV[5])
 local tag = ARGV[6]
 local quarantine = tonumber(ARGV[7])
+local slowest = tonumber(ARGV[8])
+redis.call('HSET', KEYS[6], tag, string.format('%.4f:%.3f', slowest, now))
+local rates = redis.call('HGETALL', KEYS[6])
+for i = 1, #rates, 2 do
+  local fraction, seen = string.match(rates[i + 1], '([^:]+):(.+)')
+  if tonumber(seen) < now - 2000 then
+    redis.call('HDEL', KEYS[6], rates[i])
+  else
+    slowest = math.min(slowest, tonumber(fraction))
+  end
+end
+redis.call('PEXPIRE', KEYS[6], 60000)
+spacing = spacing / math.max(slowest, 0.01)
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 local function pause_for(ms)
   if now + ms > paused then
@@ -73,7 +90,7 @@ if quarantine > 0 then
   pause_for(quarantine)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local at = now - tonumber(ARGV[i])
   if at > now - window then
     redis.call('ZADD', KEYS[1], at, tag .. ':local:' .. i .. ':' .. string.format('%.3f', at))
@@ -159,6 +176,7 @@ class BudgetKeys:
     pause: str
     epoch: str
     usage: str
+    rates: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,4 +201,5 @@ class Keys:
             pause=self._key(action, "pause"),
             epoch=self._key(action, "epoch"),
             usage=self._key(action, "usage"),
+            rates=self._key(action, "rates"),
         )
