@@ -39,7 +39,8 @@ def _pings(path: Path) -> bool:
             sock.settimeout(1.0)
             sock.connect(str(path))
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            # Up and answering, whether or not it wants a password first.
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -51,13 +52,20 @@ class RedisServer:
     No persistence: ``restart()`` brings it back empty on the same socket path.
     """
 
-    def __init__(self, directory: Path, binary: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        binary: str | None = None,
+        timeout: float = 10.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         found = binary or find_redis_server()
         if found is None:
             raise FileNotFoundError("redis-server not found")
         self.binary = found
         self.directory = directory
         self.timeout = timeout
+        self.extra_args = extra_args  # e.g. ("--requirepass", "...")
         self.log_path = directory / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._socket_path: Path | None = None
@@ -91,6 +99,7 @@ class RedisServer:
             "--daemonize", "no",
             "--dir", str(self.directory),
             "--logfile", str(self.log_path),
+            *self.extra_args,
         ]  # fmt: skip
         # Errors before the log file is opened (a bad option) go to stderr: the same file.
         with self.log_path.open("ab") as log:

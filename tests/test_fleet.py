@@ -12,12 +12,16 @@ import contextlib
 import itertools
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from poller.config import ClusterConfig, parse_config, render_toml
@@ -25,7 +29,8 @@ from poller.core.errors import ConfigError
 from poller.emulator.process import EmulatorProcess
 from poller.fleet import Fleet, account_of
 from poller.fleet.scripts import RESERVE, Keys
-from tests.redisserver import RedisServer
+from tests.daemons import DaemonProcess, base_config, target
+from tests.redisserver import RedisServer, find_redis_server
 
 pytestmark = pytest.mark.slow
 
@@ -385,3 +390,154 @@ def test_redis_is_never_imported_without_a_cluster_section() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+# -- the daemon in a fleet: readiness, metrics, logs; poller cluster status ------------------
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def fleet_config(emu: EmulatorProcess, server: RedisServer, policy: str) -> str:
+    return (
+        base_config(emu)
+        + '\n[metrics]\nlisten = "127.0.0.1:0"\n'
+        + f'\n[cluster]\nredis_url = "{server.url}"\nmember = "d1"\naccount = "acct"\n'
+        + f'on_redis_down = "{policy}"\n'
+        + target("demo-app", "demo-group", uids=uids(40))
+    )
+
+
+@pytest.mark.parametrize("policy", ["share", "pause"])
+def test_the_daemon_says_which_mode_its_fleet_is_in(
+    redis_server: RedisServer, tmp_path: Path, daemons: Any, policy: str
+) -> None:
+    with emulator_for(40) as emu:
+        daemon: DaemonProcess = daemons(tmp_path, fleet_config(emu, redis_server, policy))
+        logs = daemon.sweeps_done(2)
+        url = next(e["url"] for e in logs if e["event"] == "metrics listening")
+        readyz = url.replace("/metrics", "/readyz")
+        status, body = http_get(readyz)
+        assert status == 200 and orjson.loads(body)["fleet"]["mode"] == "shared"
+        metrics = http_get(url)[1].decode()
+        assert "poller_fleet_members 1.0" in metrics and "poller_fleet_degraded 0.0" in metrics
+
+        redis_server.stop()
+        status, body = wait_until(
+            lambda: (r := http_get(readyz))[1].find(b'"degraded"') >= 0 and r, "degraded mode"
+        )
+        fleet = orjson.loads(body)["fleet"]
+        assert "Redis unreachable" in fleet["detail"]
+        assert status == (200 if policy == "share" else 503)
+        assert "poller_fleet_degraded 1.0" in http_get(url)[1].decode()
+        degraded = next(e for e in daemon.logs() if e["event"].startswith("fleet degraded"))
+        assert degraded["level"] == "error" and degraded["fleet_mode"] == "degraded"
+
+        redis_server.start()
+        wait_until(lambda: b'"shared"' in http_get(readyz)[1], "the shared budget again")
+        sweeps = sum(e["event"] == "sweep" for e in daemon.logs())
+        daemon.sweeps_done(sweeps + 2)
+        assert http_get(readyz)[0] == 200
+        assert daemon.stop() == 0
+
+
+def test_cluster_status_lists_members_and_budget_use(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with emulator_for(400) as emu:
+        member = Member(tmp_path / "m1", emu, uids(400), cluster(redis_server, "m1"))
+        asyncio.run(run_members([member]))
+        config = tmp_path / "m1" / "poller.toml"
+        # A member that has left is gone from the list: keep one registered.
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            client.zadd(Keys("acct").members, {"standby": time.time() * 1000})
+            client.hset(
+                Keys("acct").member("standby"), mapping={"fleet": "presence", "mode": "shared"}
+            )
+        finally:
+            client.close()
+        out = subprocess.run(
+            [sys.executable, "-m", "poller", "cluster", "status", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 0, out.stderr
+    assert "fleet budget 'acct'" in out.stdout
+    assert "members seen in the last minute: 1" in out.stdout and "standby" in out.stdout
+    assert "BatchGetOnlineUsers: " in out.stdout and "in the last minute" in out.stdout
+    minute = int(
+        out.stdout.split("BatchGetOnlineUsers: ")[1].split(" in the last second, ")[1].split()[0]
+    )
+    assert 20 <= minute <= 24  # slots handed out: its 20 requests and the rest of a block
+
+
+def test_cluster_status_without_redis_or_without_a_cluster(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "poller.toml"
+    config.write_text(f'[cluster]\nredis_url = "{redis_server.url}"\naccount = "acct"\n', "utf-8")
+    redis_server.stop()
+    out = subprocess.run(
+        [sys.executable, "-m", "poller", "cluster", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 69 and "cannot read the fleet from Redis" in out.stderr
+    config.write_text("", "utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "poller", "cluster", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 78 and "no [cluster] section" in out.stderr
+
+
+async def test_a_password_from_the_environment_and_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password = "s3cret-redis-pass"
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server not found; install it with: sudo apt-get install redis-server")
+    with RedisServer(tmp_path / "r", binary, extra_args=("--requirepass", password)) as server:
+        monkeypatch.setenv("POLLER_TEST_REDIS_PASSWORD", password)
+        good = cluster(server, "m", password_env="POLLER_TEST_REDIS_PASSWORD")
+        fleet = Fleet(good, account="acct")
+        fleet.meter("BatchGetOnlineUsers", 100)
+        await fleet.start()
+        try:
+            assert fleet.status().mode == "shared" and fleet.secrets() == [password]
+        finally:
+            await fleet.aclose()
+        wrong = Fleet(cluster(server, "w"), account="acct")  # no password
+        await wrong.start()
+        try:
+            status = wrong.status()
+            assert status.mode == "degraded" and "authenticated" in status.reason
+        finally:
+            await wrong.aclose()
+        url = ClusterConfig(redis_url=f"redis://:{password}@127.0.0.1:1/0")
+        assert password not in repr(Fleet(url, account="acct"))
+        assert password not in Fleet(url, account="acct").status().redis_url
+        monkeypatch.delenv("POLLER_TEST_REDIS_PASSWORD")
+        with pytest.raises(ConfigError, match=r"POLLER_TEST_REDIS_PASSWORD is not set"):
+            Fleet(good, account="acct").secrets()

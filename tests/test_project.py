@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import poller
-from poller.config import PollerConfig, load_config
+from poller.config import ClusterConfig, PollerConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +32,9 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
             assert field.name in documented, f"{name}.{field.name} is not in config.example.toml"
     for name in ("targets", "sinks"):
         assert f"[[{name}]]" in text and name in sections
+    assert "# [cluster]" in text  # optional: commented out, so the example runs without Redis
+    for field in dataclasses.fields(ClusterConfig):
+        assert field.name in documented, f"cluster.{field.name} is not in config.example.toml"
 
 
 def _imports(path: Path) -> set[str]:

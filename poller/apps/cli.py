@@ -1,4 +1,4 @@
-"""Command line: ``poller demo | once | run | check-config | state | emulator``.
+"""Command line: ``poller demo | once | run | check-config | state | cluster | emulator``.
 
 Records go to stdout (or ``--output``), logs and progress to stderr. Exit codes: 0 success,
 2 usage, 77 permission denied for every request, 78 configuration or credentials rejected,
@@ -19,7 +19,15 @@ from typing import Any
 from poller.config import PollerConfig, load_config, render_toml
 from poller.core.errors import ConfigError, PollerError, SinkError
 
-from .exits import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE, print_error, signal_exit_code
+from .exits import (
+    EX_CONFIG,
+    EX_FAILURE,
+    EX_OK,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    print_error,
+    signal_exit_code,
+)
 
 __all__ = ["main"]
 
@@ -97,6 +105,31 @@ def _state_command(args: argparse.Namespace) -> int:
         return EX_OK
     finally:
         store.close()
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    """``poller cluster status``: the fleet's members and budget use, read from Redis."""
+    config = load_config(args.config)
+    cluster = config.cluster
+    if cluster is None:
+        raise ConfigError(
+            "no [cluster] section: this poller is not part of a fleet", source=args.config
+        )
+    from poller.core.records import LEGACY_API
+    from poller.fleet import FleetUnavailable, account_of
+    from poller.fleet.status import read_cluster, render_cluster
+    from poller.wire.credentials import resolve_credentials
+    from poller.wire.discovery import LIST_ACTION
+
+    key_id = None if cluster.account else resolve_credentials(config.credentials).access_key_id
+    account = account_of(cluster, key_id)
+    try:
+        view = asyncio.run(read_cluster(cluster, account, (LEGACY_API, LIST_ACTION)))
+    except FleetUnavailable as exc:
+        print_error(f"cannot read the fleet from Redis: {exc}")
+        return EX_UNAVAILABLE
+    print(render_cluster(view), end="")
+    return EX_OK
 
 
 _STD_STREAMS = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))
@@ -190,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
     state.add_argument("action", choices=("show", "reset"))
     state.add_argument("--config", required=True, help="TOML config file (for [daemon] state_dir)")
 
+    cluster = sub.add_parser("cluster", help="the fleet sharing this account's budget (Redis)")
+    cluster.add_argument("action", choices=("status",))
+    cluster.add_argument("--config", required=True, help="TOML config file with [cluster]")
+
     sub.add_parser(
         "emulator",
         help="run the cloud emulator (see 'poller emulator --help')",
@@ -231,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args)
         if args.command == "state":
             return _state_command(args)
+        if args.command == "cluster":
+            return _cluster_command(args)
     except ConfigError as exc:
         print_error(str(exc))
         return EX_CONFIG

@@ -33,6 +33,7 @@ from poller.config import PollerConfig, load_config
 from poller.core.changes import ChangeTracker
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import AuthError, ConfigError, PollerError
+from poller.core.redact import Redactor
 from poller.core.stats import Attempt, Totals
 from poller.engine.poller import Poller
 from poller.engine.sinks import Sink, reopen_sinks, sinks_from_config
@@ -151,6 +152,10 @@ class Daemon:
                     )
                 )
                 install_redactor(self._poller.client.redactor if self._poller.client else None)
+                if self._poller.fleet is not None:
+                    install_redactor(Redactor(self._poller.fleet.secrets()))
+                    self._metrics.watch_fleet(self._poller.fleet)
+                    self._readiness.fleet = self._poller.fleet
                 stack.push_async_callback(self._cancel_background)
                 self._start_watchdog()
                 notify("READY=1\nSTATUS=polling")

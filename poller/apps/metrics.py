@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -25,11 +27,34 @@ from poller.core.clock import Clock, system_clock
 from poller.core.records import TargetKey
 from poller.core.stats import Attempt, SweepStats
 
-__all__ = ["HealthServer", "Metrics", "Readiness"]
+__all__ = ["FleetLike", "FleetState", "HealthServer", "Metrics", "Readiness"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _SWEEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+_REDIS_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class FleetState(Protocol):
+    """What readiness and metrics read of a fleet's status (:class:`poller.fleet.FleetStatus`;
+    the apps never import the fleet: that would import redis without a ``[cluster]``)."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def on_redis_down(self) -> str: ...
+    @property
+    def members(self) -> int: ...
+    @property
+    def description(self) -> str: ...
+
+
+class FleetLike(Protocol):
+    on_redis_call: Callable[[float, bool], None] | None
+
+    def status(self) -> FleetState: ...
+
+
 _CLOCK_OFFSET_HELP = "The API server's clock minus the local clock, learned from its Date headers."
 
 
@@ -112,6 +137,37 @@ class Metrics:
             registry=r,
         )
 
+    def watch_fleet(self, fleet: FleetLike) -> None:
+        """Fleet metrics (``[cluster]``): members, degraded mode, Redis round trips."""
+        r = self.registry
+        Gauge(
+            "poller_fleet_members",
+            "Members of the fleet seen in the last minute (this one included).",
+            registry=r,
+        ).set_function(lambda: fleet.status().members)
+        Gauge(
+            "poller_fleet_degraded",
+            "1 while Redis is unreachable and the member runs on its fallback (share or pause).",
+            registry=r,
+        ).set_function(lambda: 1.0 if fleet.status().mode == "degraded" else 0.0)
+        redis_seconds = Histogram(
+            "poller_fleet_redis_seconds",
+            "Duration of one Redis round trip of the fleet (successful ones).",
+            buckets=_REDIS_BUCKETS,
+            registry=r,
+        )
+        redis_errors = Counter(
+            "poller_fleet_redis_errors", "Redis calls of the fleet that failed.", registry=r
+        )
+
+        def on_call(seconds: float, ok: bool) -> None:
+            if ok:
+                redis_seconds.observe(seconds)
+            else:
+                redis_errors.inc()
+
+        fleet.on_redis_call = on_call
+
     def _status_label(self, status: str) -> str:
         """``status``, while fewer than :data:`MAX_STATUS_LABELS` distinct ones were seen:
         server error codes are open-ended, a metric's series must not be."""
@@ -156,8 +212,12 @@ class Readiness:
     credentials_ok: bool | None = None
     last_sweep_ok: bool = False
     reason: str = "no sweep has completed yet"
+    fleet: FleetLike | None = None  # [cluster]: its mode is part of the answer
 
     def check(self, now: float) -> tuple[bool, str]:
+        fleet = self.fleet.status() if self.fleet is not None else None
+        if fleet is not None and fleet.mode == "degraded" and fleet.on_redis_down == "pause":
+            return False, fleet.description  # nothing is sent until Redis is back
         if self.credentials_ok is False:
             return False, self.reason
         if self.last_sweep_at is None:
@@ -167,6 +227,19 @@ class Readiness:
         if not self.last_sweep_ok:
             return False, self.reason
         return True, "ok"
+
+    def details(self) -> dict[str, Any]:
+        """Extra fields of the /readyz answer: the fleet's mode, when there is a fleet."""
+        if self.fleet is None:
+            return {}
+        status = self.fleet.status()
+        return {
+            "fleet": {
+                "mode": status.mode,
+                "members": status.members,
+                "detail": status.description,
+            }
+        }
 
 
 class HealthServer:
@@ -248,6 +321,10 @@ class HealthServer:
         ok, reason = self._readiness.check(self._clock.monotonic())
         self._metrics.ready.set(1 if ok else 0)
         return web.json_response(
-            {"status": "ready" if ok else "not ready", "reason": reason},
+            {
+                "status": "ready" if ok else "not ready",
+                "reason": reason,
+                **self._readiness.details(),
+            },
             status=200 if ok else 503,
         )

@@ -26,7 +26,7 @@ from poller.core.retry import Retrier
 from poller.core.stats import Attempt, AttemptListener, SweepStats
 from poller.wire.client import BatchFetcher, LiveClient
 from poller.wire.credentials import resolve_credentials
-from poller.wire.discovery import discover_members
+from poller.wire.discovery import LIST_ACTION, discover_members
 from poller.wire.signing import SigningCredentials
 
 from .batch import StopControl, SweepContext
@@ -38,9 +38,6 @@ if TYPE_CHECKING:  # redis-py is imported only with a [cluster] section
     from poller.fleet import Fleet
 
 __all__ = ["Poller", "Work"]
-
-#: The API action of discovery pages (its own budget).
-DISCOVERY_ACTION = "ListMessageGroupUser"
 
 
 class _State(enum.Enum):
@@ -143,7 +140,7 @@ class Poller:
                     LEGACY_API, limits.qps, margin_s=margin_s, adaptive=limits.adaptive
                 )
                 self._discovery_meter = fleet.meter(
-                    DISCOVERY_ACTION, limits.discovery_qps, margin_s=margin_s
+                    LIST_ACTION, limits.discovery_qps, margin_s=margin_s
                 )
             await fleet.start()
         if self._meter is None:

@@ -8,7 +8,15 @@ Imported only when a config has a ``[cluster]`` section: without one, poller nev
 
 from __future__ import annotations
 
-from .budget import Fleet, FleetStatus, FleetUnavailable, SharedRateMeter, account_of, open_redis
+from .budget import (
+    Fleet,
+    FleetStatus,
+    FleetUnavailable,
+    SharedRateMeter,
+    account_of,
+    open_redis,
+    redis_secrets,
+)
 
 __all__ = [
     "Fleet",
@@ -17,4 +25,5 @@ __all__ = [
     "SharedRateMeter",
     "account_of",
     "open_redis",
+    "redis_secrets",
 ]

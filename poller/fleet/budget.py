@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -59,6 +60,7 @@ __all__ = [
     "SharedRateMeter",
     "account_of",
     "open_redis",
+    "redis_secrets",
 ]
 
 log = logging.getLogger("poller.fleet")
@@ -92,14 +94,27 @@ def account_of(cluster: ClusterConfig, access_key_id: str | None) -> str:
     return "ak-" + hashlib.sha256(access_key_id.encode()).hexdigest()[:16]
 
 
-def open_redis(cluster: ClusterConfig) -> aioredis.Redis:
-    """A client for ``redis_url`` that fails fast instead of retrying (the fleet falls back)."""
-    password = os.environ.get(cluster.password_env) if cluster.password_env else None
-    if cluster.password_env and password is None:
+def _env_password(cluster: ClusterConfig) -> str | None:
+    if not cluster.password_env:
+        return None
+    password = os.environ.get(cluster.password_env)
+    if password is None:
         raise ConfigError(
             f"the environment variable {cluster.password_env} is not set",
             key="cluster.password_env",
         )
+    return password
+
+
+def redis_secrets(cluster: ClusterConfig) -> list[str]:
+    """The Redis passwords in play (the URL's, the environment's): for the log redactor."""
+    url = urlsplit(cluster.redis_url)
+    return [p for p in (url.password, url.username, _env_password(cluster)) if p]
+
+
+def open_redis(cluster: ClusterConfig) -> aioredis.Redis:
+    """A client for ``redis_url`` that fails fast instead of retrying (the fleet falls back)."""
+    password = _env_password(cluster)
     kwargs: dict[str, Any] = {}
     if password is not None:
         kwargs["password"] = password
@@ -186,6 +201,12 @@ class Fleet:
         self.redis_latency_s = 0.0
         self.clock_sync = ClockSync()
         self.on_mode_change: Callable[[FleetStatus], None] | None = None
+        #: Called after every Redis call with its duration and whether it succeeded.
+        self.on_redis_call: Callable[[float, bool], None] | None = None
+
+    def secrets(self) -> list[str]:
+        """The Redis passwords this member uses (for a log redactor); never logged."""
+        return redis_secrets(self.cluster)
 
     def __repr__(self) -> str:
         return (
@@ -289,9 +310,13 @@ class Fleet:
                 reply = await redis.eval(script, len(keys), *keys, *args)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
+            if self.on_redis_call is not None:
+                self.on_redis_call(self._clock.monotonic() - start, False)
             raise FleetUnavailable(self._reason) from exc
         self.redis_latency_s = self._clock.monotonic() - start
         self.round_trips += 1
+        if self.on_redis_call is not None:
+            self.on_redis_call(self.redis_latency_s, True)
         if self._mode != "shared":
             self._change("shared", "")
         return reply
@@ -309,13 +334,23 @@ class Fleet:
         for meter in self._meters:
             meter.mode_changed(mode)
         status = self.status()
+        # Fields for the daemon's JSON log; the text says it all for plain logging.
+        fields: dict[str, object] = {
+            "fleet_mode": mode,
+            "members": status.members,
+            "redis": status.redis_url,
+            "on_redis_down": status.on_redis_down,
+        }
         if mode == "shared":
             log.warning(
-                "Redis is reachable again: back to the shared budget (%s)", status.description
+                "Redis is reachable again: back to the shared budget (%s)",
+                status.description,
+                extra={"fields": fields},
             )
             self.spawn(self._beat())  # re-register at once: Redis may have lost the registry
         else:
-            log.error("fleet degraded: %s", status.description)
+            fields["reason"] = reason
+            log.error("fleet degraded: %s", status.description, extra={"fields": fields})
         if self.on_mode_change is not None:
             self.on_mode_change(status)
 
