@@ -28,6 +28,7 @@ from poller.config import ClusterConfig, parse_config, render_toml
 from poller.core.errors import ConfigError
 from poller.emulator.process import EmulatorProcess
 from poller.fleet import Fleet, account_of
+from poller.fleet.budget import ClockSync
 from poller.fleet.scripts import RESERVE, Keys
 from tests.daemons import DaemonProcess, base_config, target
 from tests.redisserver import RedisServer, find_redis_server
@@ -456,6 +457,15 @@ def test_the_daemon_says_which_mode_its_fleet_is_in(
         assert daemon.stop() == 0
 
 
+def cluster_status(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "poller", "cluster", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_cluster_status_lists_members_and_budget_use(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -472,12 +482,7 @@ def test_cluster_status_lists_members_and_budget_use(
             )
         finally:
             client.close()
-        out = subprocess.run(
-            [sys.executable, "-m", "poller", "cluster", "status", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = cluster_status(config)
     assert out.returncode == 0, out.stderr
     assert "fleet budget 'acct'" in out.stdout
     assert "members seen in the last minute: 1" in out.stdout and "standby" in out.stdout
@@ -494,20 +499,10 @@ def test_cluster_status_without_redis_or_without_a_cluster(
     config = tmp_path / "poller.toml"
     config.write_text(f'[cluster]\nredis_url = "{redis_server.url}"\naccount = "acct"\n', "utf-8")
     redis_server.stop()
-    out = subprocess.run(
-        [sys.executable, "-m", "poller", "cluster", "status", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cluster_status(config)
     assert out.returncode == 69 and "cannot read the fleet from Redis" in out.stderr
     config.write_text("", "utf-8")
-    out = subprocess.run(
-        [sys.executable, "-m", "poller", "cluster", "status", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cluster_status(config)
     assert out.returncode == 78 and "no [cluster] section" in out.stderr
 
 
@@ -541,3 +536,16 @@ async def test_a_password_from_the_environment_and_never_shown(
         monkeypatch.delenv("POLLER_TEST_REDIS_PASSWORD")
         with pytest.raises(ConfigError, match=r"POLLER_TEST_REDIS_PASSWORD is not set"):
             Fleet(good, account="acct").secrets()
+
+
+def test_the_clock_sync_trusts_its_shortest_round_trip() -> None:
+    sync = ClockSync(keep_s=30.0)
+    # Redis is 1,000 s ahead of the local monotonic clock; each sample's error is at most
+    # half its round trip, so the 0.2 ms one wins over the 40 ms one (a busy loop).
+    sync.observe(10.000, 10.040, 1010.030)  # off by 10 ms
+    sync.observe(11.000, 11.0002, 1011.0001)  # off by 0
+    sync.observe(12.000, 12.050, 1012.000)  # off by 25 ms the other way
+    assert sync.local(1100.0) == pytest.approx(100.0, abs=1e-6)
+    # Thirty seconds later the good sample is forgotten: the best of the recent ones counts.
+    sync.observe(45.000, 45.010, 1045.009)  # off by 4 ms
+    assert sync.local(1100.0) == pytest.approx(100.0 - 0.004, abs=1e-6)

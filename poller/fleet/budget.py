@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 import os
 import random
 import socket
@@ -203,6 +202,10 @@ class Fleet:
         self.on_mode_change: Callable[[FleetStatus], None] | None = None
         #: Called after every Redis call with its duration and whether it succeeded.
         self.on_redis_call: Callable[[float, bool], None] | None = None
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def secrets(self) -> list[str]:
         """The Redis passwords this member uses (for a log redactor); never logged."""
@@ -424,11 +427,6 @@ class ClockSync:
         assert self._best is not None, "observe() first"
         return redis_s - self._best[2]
 
-    @property
-    def uncertainty_s(self) -> float:
-        """Half the best round trip: how far :meth:`local` may be off."""
-        return self._best[1] / 2.0 if self._best is not None else math.inf
-
 
 class FleetUnavailable(Exception):
     """Redis could not be used just now (the fleet is degraded)."""
@@ -455,7 +453,7 @@ class SharedRateMeter:
         self._fleet = fleet
         self.action = action
         self._keys = fleet.keys.budget(action)
-        self._clock = fleet._clock
+        self._clock = fleet.clock
         self._block = max(1, block)
         self._local = PacedRateLimiter(qps, margin_s=margin_s, clock=self._clock, adaptive=adaptive)
         self._qps = qps
