@@ -10,6 +10,7 @@ import asyncio
 import bisect
 import contextlib
 import itertools
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
+import trustme
 
 from poller.config import ClusterConfig, parse_config, render_toml
 from poller.core.errors import ConfigError
@@ -549,3 +551,38 @@ def test_the_clock_sync_trusts_its_shortest_round_trip() -> None:
     # Thirty seconds later the good sample is forgotten: the best of the recent ones counts.
     sync.observe(45.000, 45.010, 1045.009)  # off by 4 ms
     assert sync.local(1100.0) == pytest.approx(100.0 - 0.004, abs=1e-6)
+
+
+async def test_rediss_with_a_private_ca(tmp_path: Path) -> None:
+    """TLS to Redis: ``rediss://`` with the CA given in the URL (redis-py's ``ssl_ca_certs``)."""
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("redis-server not found; install it with: sudo apt-get install redis-server")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    for name, blob in (("ca.pem", ca.cert_pem), ("key.pem", cert.private_key_pem)):
+        blob.write_to_path(str(tmp_path / name))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    with socket.socket() as probe:  # a free loopback port for the TLS listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tls = (
+        *("--tls-port", str(port), "--tls-auth-clients", "no"),
+        *("--tls-cert-file", str(tmp_path / "cert.pem")),
+        *("--tls-key-file", str(tmp_path / "key.pem")),
+    )
+    with RedisServer(tmp_path / "r", binary, extra_args=tls):
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"
+        fleet = Fleet(ClusterConfig(redis_url=url, member="tls"), account="acct")
+        fleet.meter("BatchGetOnlineUsers", 100)
+        await fleet.start()
+        try:
+            assert fleet.status().mode == "shared" and fleet.members == 1
+        finally:
+            await fleet.aclose()
+        untrusted = Fleet(ClusterConfig(redis_url=f"rediss://127.0.0.1:{port}/0"), account="a")
+        await untrusted.start()
+        try:
+            assert untrusted.status().mode == "degraded"  # the certificate does not verify
+        finally:
+            await untrusted.aclose()
