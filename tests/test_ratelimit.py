@@ -353,16 +353,3 @@ async def test_a_competitor_sharing_the_account_is_yielded_to(rate: float, seed:
     assert sum(late) < 0.02 * len(late), (sum(late), len(late), limiter.stats())
     leftover = 100.0 - rate
     assert 0.6 * leftover <= len(late) / 50.0 <= leftover + 1.0  # requests/s after 10 s
-
-
-async def test_a_pause_is_not_an_idle_spell() -> None:
-    """A long pause (here one decided elsewhere, a fleet's) leaves a gap in the grants; it is
-    not idleness, so throttles right after it are judged against the traffic before it."""
-    clock = FakeClock()
-    limiter = PacedRateLimiter(100, clock=clock)
-    await grant_times(limiter, clock, 150)
-    limiter.pause(1.5)
-    await grant_times(limiter, clock, 10)  # the first grants after the pause
-    limiter.on_throttled(0.01)
-    limiter.on_throttled(0.01)
-    assert limiter.stats().decreases == 1

@@ -277,10 +277,8 @@ class PacedRateLimiter:
     def _grant(self, now: float, due: float) -> None:
         self._granted_at.append(now)
         recent = self._recent_grants
-        quiet = now - self._trial_s
-        if (not recent or recent[-1] < quiet) and self._paused_until < quiet:
-            # The first grant after an idle spell (a gap we paused for is no idle spell).
-            self._active_since = now
+        if not recent or recent[-1] < now - self._trial_s:
+            self._active_since = now  # the first grant after an idle spell
         _note(recent, now, now - self._trial_s)
         self._next_due = max(due, self._paused_until) + 1.0 / self._rate
         self._granted += 1
