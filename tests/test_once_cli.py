@@ -93,11 +93,11 @@ def test_ten_thousand_uids_at_the_ceiling_never_over_it(tmp_path: Path) -> None:
 
 def test_adapts_when_the_account_budget_is_lower_than_configured(tmp_path: Path) -> None:
     """The account admits 60 requests/s, poller is configured for 100: every UID still gets its
-    answer (throttled requests are retried, and their retries spend no retry budget), and the
-    meter learns the lower budget in the 7 s the sweep takes. Without adapting, about 40 % of
-    the requests would be throttled; while the meter learns (its cuts are trials, since
-    throttles may be noise) some are. After the first 10 s fewer than 2 % are: see
-    tests/test_ratelimit.py and benchmarks/throttles.py."""
+    answer (throttled requests are retried up to max_throttled_attempts, spending no retry
+    budget), and the meter learns the lower budget in the 7 s the sweep takes. Without
+    adapting, about 40 % of the requests would be throttled; while the meter learns (its cuts
+    are trials, since throttles may be noise) some are. After the first 10 s fewer than 2 %
+    are: see tests/test_ratelimit.py and benchmarks/throttles.py."""
     uids = [f"user-{i:06d}" for i in range(1, 8001)]
     with EmulatorProcess("--qps", "60", "--group", "demo-app/demo-group:8000") as emulator:
         code, records, stderr = once_over_file(tmp_path, emulator, "\n".join(uids))

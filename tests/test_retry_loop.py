@@ -125,9 +125,13 @@ async def test_throttled_requests_are_retried_without_a_retry_token() -> None:
     outcome = await retrier.run(failing([throttled, throttled, throttled, None]), meter, action="A")
     assert outcome.value == "ok" and outcome.attempts == 4
     assert budget.spent == 0 and budget.denied == 0 and meter.granted == 4
-    # max_attempts still bounds them.
-    outcome = await retrier.run(failing([throttled] * 4), meter, action="A")
-    assert outcome.error is throttled and outcome.attempts == 4
+    # A batch that keeps being throttled gets max_throttled_attempts (10), not max_attempts
+    # (4): it was never served. Any other failure still ends it after max_attempts.
+    outcome = await retrier.run(failing([throttled] * 10), meter, action="A")
+    assert outcome.error is throttled and outcome.attempts == 10
+    error = server_error()
+    outcome = await retrier.run(failing([throttled] * 3 + [error]), meter, action="A")
+    assert outcome.error is error and outcome.attempts == 4
 
 
 async def test_no_retry_once_stopping_or_past_the_deadline() -> None:

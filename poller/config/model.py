@@ -309,6 +309,8 @@ class RetryConfig(_Checked):
 
     # The defaults are the core's (RetryPolicy and RetryBudget), so they are written once.
     max_attempts: int = field(default=_POLICY.max_attempts, metadata=AT_LEAST_1)
+    #: Attempts of a batch whose answers are throttles (it was not served).
+    max_throttled_attempts: int = field(default=_POLICY.max_throttled_attempts, metadata=AT_LEAST_1)
     backoff_base_s: float = field(default=_POLICY.backoff_base_s, metadata=FINITE_GE_0)
     backoff_cap_s: float = field(default=_POLICY.backoff_cap_s, metadata=FINITE_GE_0)
     throttle_backoff_base_s: float = field(
@@ -321,6 +323,7 @@ class RetryConfig(_Checked):
     def policy(self) -> RetryPolicy:
         return RetryPolicy(
             max_attempts=self.max_attempts,
+            max_throttled_attempts=self.max_throttled_attempts,
             backoff_base_s=self.backoff_base_s,
             backoff_cap_s=self.backoff_cap_s,
             throttle_backoff_base_s=self.throttle_backoff_base_s,

@@ -53,9 +53,16 @@ class RetryPolicy:
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 5.0
     throttle_backoff_base_s: float = 1.0
+    #: A throttled request was not served: it may be tried this often in all (while the rate
+    #: meter learns a lower budget, a run of throttles for one batch is no failure of it).
+    max_throttled_attempts: int = 10
 
     def should_retry(self, error: PollerError, attempts_made: int) -> bool:
-        return error.retriable and not error.fatal and attempts_made < self.max_attempts
+        if not error.retriable or error.fatal:
+            return False
+        if isinstance(error, ThrottledError):
+            return attempts_made < max(self.max_attempts, self.max_throttled_attempts)
+        return attempts_made < self.max_attempts
 
     def backoff_s(self, error: PollerError, retry_number: int, rng: random.Random) -> float:
         """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
