@@ -16,11 +16,13 @@ the member and counts the members seen in the last minute, and the mode (shared 
   last 2 s, so the fleet slows down as one process would, and recovers with that member.
 * Redis unreachable (down, restarting, a network fault): never a crash, never a storm. With
   ``on_redis_down = "share"`` the local meter becomes the budget, at ``qps / members seen in
-  the last minute`` (``expected_members`` if none was ever seen), after one window of silence
-  (the grants of the last window are unknown); with ``"pause"`` nothing is sent. Redis is
-  probed about once a second; on success the member returns to the shared budget, and the
-  sends it made meanwhile are entered into the log. A Redis that lost its data (a new epoch)
-  admits nobody for one window, see RESERVE.
+  the last minute`` (``expected_members`` if none was ever seen), after a window and the
+  longest reservation lead of silence (the fleet's grants of the last window are unknown);
+  with ``"pause"`` nothing is sent. Redis is probed about once a second; on success the
+  member returns to the shared budget: the sends it made meanwhile are entered into the log,
+  and no slot is handed out until the other members have had time to do the same (the
+  quarantine of RESERVE). A Redis that lost its data (a new epoch) admits nobody for one
+  window.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from poller.config import ClusterConfig, mask_url
@@ -199,6 +202,7 @@ class Fleet:
         self.round_trips = 0
         self.redis_latency_s = 0.0
         self.clock_sync = ClockSync()
+        self._scripts: dict[str, AsyncScript] = {}
         self.on_mode_change: Callable[[FleetStatus], None] | None = None
         #: Called after every Redis call with its duration and whether it succeeded.
         self.on_redis_call: Callable[[float, bool], None] | None = None
@@ -307,10 +311,13 @@ class Fleet:
         redis = self._redis
         if redis is None:
             raise FleetUnavailable("the fleet is closed")
+        registered = self._scripts.get(script)
+        if registered is None:  # EVALSHA, loading the script again after NOSCRIPT (a restart)
+            registered = self._scripts[script] = redis.register_script(script)
         start = self._clock.monotonic()
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
-                reply = await redis.eval(script, len(keys), *keys, *args)
+                reply = await registered(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             if self.on_redis_call is not None:
