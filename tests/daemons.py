@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,3 +116,34 @@ def base_config(emulator: EmulatorProcess, **daemon: Any) -> str:
 def target(app: str, group: str, **extra: Any) -> str:
     lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.items())
     return f'\n[[targets]]\napp_id = "{app}"\ngroup_id = "{group}"\n{lines}'
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    """Poll ``predicate`` until it returns something true (returned), at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """GET ``url`` (a loopback listener): the status and body, an HTTP error's too."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+def http_json(url: str) -> tuple[int, dict[str, Any]]:
+    status, body = http_get(url)
+    return status, json.loads(body)
+
+
+def readyz(metrics_url: str) -> tuple[int, dict[str, Any]]:
+    """The daemon's /readyz answer, from the URL of its /metrics."""
+    return http_json(metrics_url.replace("/metrics", "/readyz"))

@@ -8,10 +8,7 @@ import os
 import shutil
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ import orjson
 import pytest
 
 from poller.emulator.process import EmulatorProcess
-from tests.daemons import DaemonProcess, base_config, target
+from tests.daemons import DaemonProcess, base_config, readyz, target, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +25,6 @@ APP = "demo-app"
 
 def sweeps(logs: list[dict[str, Any]]) -> int:
     return sum(e["event"] == "sweep" for e in logs)
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
@@ -61,16 +48,6 @@ def write_uid_file(path: Path, uids: list[str]) -> None:
     new = path.with_name(path.name + ".new")
     new.write_text("\n".join(uids) + "\n", "utf-8")
     os.replace(new, path)
-
-
-def readyz(metrics_url: str) -> tuple[int, dict[str, Any]]:
-    url = metrics_url.replace("/metrics", "/readyz")
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
 
 
 def test_a_uid_file_missing_for_a_while_keeps_the_last_good_list(

@@ -14,9 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from poller.emulator.process import EmulatorProcess
 from poller.fleet import Fleet, account_of
 from poller.fleet.budget import ClockSync
 from poller.fleet.scripts import RESERVE, Keys
-from tests.daemons import DaemonProcess, base_config, target
+from tests.daemons import DaemonProcess, base_config, http_get, target, wait_until
 from tests.redisserver import RedisServer, find_redis_server
 
 pytestmark = pytest.mark.slow
@@ -396,24 +394,6 @@ def test_redis_is_never_imported_without_a_cluster_section() -> None:
 
 
 # -- the daemon in a fleet: readiness, metrics, logs; poller cluster status ------------------
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def fleet_config(emu: EmulatorProcess, server: RedisServer, policy: str) -> str:

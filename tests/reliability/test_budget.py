@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ from poller.config import RetryConfig
 from poller.core.records import Target
 from poller.emulator.process import EmulatorProcess
 from poller.engine.poller import Poller
-from tests.daemons import DaemonProcess, base_config, target
+from tests.daemons import DaemonProcess, base_config, http_json, target
 
 pytestmark = pytest.mark.slow
 
@@ -66,15 +65,6 @@ def test_budget_holds_under_faults_retries_included() -> None:
     )
 
 
-def _get(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
-
-
 def _metric(text: str, name: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -98,19 +88,19 @@ def test_total_outage_is_budgeted_reported_and_recovered_from(tmp_path: Path) ->
             logs = daemon.sweeps_done(1)
             url = next(e["url"] for e in logs if e["event"] == "metrics listening")
             ready = url.replace("/metrics", "/readyz")
-            assert _get(ready)[0] == 200
+            assert http_json(ready)[0] == 200
             emulator.reset()
             emulator.set_faults("500=1.0")
             started = time.monotonic()
             while time.monotonic() - started < outage_s:
                 time.sleep(0.5)
-            status, body = _get(ready)
+            status, body = http_json(ready)
             with urllib.request.urlopen(url, timeout=5) as resp:
                 metrics = resp.read().decode()
             during = emulator.stats()["total"]
             emulator.set_faults("")
             cleared = time.monotonic()
-            while _get(ready)[0] != 200:
+            while http_json(ready)[0] != 200:
                 assert time.monotonic() - cleared < 2.0 + 2 * 1.0 + 5.0, "did not recover"
                 time.sleep(0.1)
             recovered_in = time.monotonic() - cleared
