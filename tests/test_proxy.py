@@ -16,12 +16,12 @@ import pytest
 import trustme
 
 from poller.apps.cli import main
-from poller.config import ApiConfig
+from poller.config import ApiConfig, mask_url
 from poller.core.errors import ConfigError, MalformedResponse, TransportError
 from poller.core.records import Batch, Target
 from poller.emulator import EmulatorConfig, EmulatorServer, GroupSpec
 from poller.wire.client import LiveClient
-from poller.wire.proxy import check_builtin_transport, describe_proxy, mask_proxy_url, proxy_for
+from poller.wire.proxy import check_builtin_transport, describe_proxy, proxy_for
 from poller.wire.signing import SigningCredentials
 from tests.conftest import LoopbackServer
 
@@ -204,11 +204,11 @@ def test_which_proxy_applies_is_aiohttps_rule(
 
 
 def test_proxy_urls_are_masked() -> None:
-    assert mask_proxy_url("http://user:s3cr%40t@proxy:3128") == "http://user:****@proxy:3128"
-    assert mask_proxy_url("http://token@proxy:3128/") == "http://****@proxy:3128/"
-    assert mask_proxy_url("http://proxy:3128") == "http://proxy:3128"
-    assert mask_proxy_url("user:pw@proxy:3128") == "user:****@proxy:3128"
-    assert mask_proxy_url("http://u:p@w@proxy:1/x?key=v#f") == "http://u:****@proxy:1/x"
+    assert mask_url("http://user:s3cr%40t@proxy:3128") == "http://user:****@proxy:3128"
+    assert mask_url("http://token@proxy:3128/") == "http://****@proxy:3128/"
+    assert mask_url("http://proxy:3128") == "http://proxy:3128"
+    assert mask_url("user:pw@proxy:3128") == "user:****@proxy:3128"
+    assert mask_url("http://u:p@w@proxy:1/x?key=v#f") == "http://u:****@proxy:1/x"
 
 
 # -- through a proxy ---------------------------------------------------------------------------

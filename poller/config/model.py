@@ -114,17 +114,21 @@ def _ca_bundle(path: Path) -> str | None:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``****``: safe to log and print."""
+    """``url`` with its password (or a lone user name) replaced by ``****``, and without a query
+    or fragment (they may hold tokens): ``http://user:secret@host:3128`` becomes
+    ``http://user:****@host:3128``. Safe to log and print; for proxy and Redis URLs alike."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return "****" if url else ""
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if not at:
-        return url
-    user, colon, _password = userinfo.partition(":")
-    shown = f"{user}:****" if colon else "****"  # a lone userinfo may be a password too
-    return f"{scheme}://{shown}@{host}{slash}{path}"
+        scheme, rest = "", url
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:****@{hostport}" if colon else f"****@{hostport}"
+    if "?" in tail or "#" in tail:
+        tail = tail.split("?", 1)[0].split("#", 1)[0]
+    return f"{scheme}{sep}{netloc}{tail}"
 
 
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
@@ -135,10 +139,9 @@ def _redis_url(value: str) -> str | None:
     if not value:
         return "required: the Redis server of the fleet, e.g. redis://127.0.0.1:6379/0"
     if not sep or scheme not in _REDIS_SCHEMES or not rest:
-        return (
-            "must be a redis://host:port/db, rediss://host:port/db or unix:///path URL; "
-            f"got {mask_url(value)!r}"
-        )
+        # Without a scheme the value may be a bare password: it is not echoed.
+        got = f"; got {mask_url(value)!r}" if sep else " (it has no scheme)"
+        return f"must be a redis://host:port/db, rediss://host:port/db or unix:///path URL{got}"
     return None
 
 

@@ -11,7 +11,7 @@ against the endpoint's host, without its port. ``ALL_PROXY`` is not read, and a 
 URL is ``https://`` is ignored (aiohttp does not support them). On macOS and Windows the system
 proxy settings count too when ``environ`` is ``os.environ``, as they do for aiohttp.
 
-Proxy URLs may hold credentials: show them only through :func:`mask_proxy_url`.
+Proxy URLs may hold credentials: show them only through :func:`poller.config.mask_url`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from poller.config import ApiConfig
+from poller.config import ApiConfig, mask_url
 from poller.core.errors import ConfigError
 
-__all__ = ["check_builtin_transport", "describe_proxy", "mask_proxy_url", "proxy_for"]
+__all__ = ["check_builtin_transport", "describe_proxy", "proxy_for"]
 
 #: Proxy URL schemes aiohttp refuses (it warns and goes direct).
 _IGNORED_PROXY_SCHEMES = ("https", "wss")
@@ -78,23 +78,6 @@ def proxy_for(api: ApiConfig, environ: Mapping[str, str] = os.environ) -> str | 
     return None if scheme in _IGNORED_PROXY_SCHEMES else url
 
 
-def mask_proxy_url(url: str) -> str:
-    """``url`` with its password (or a lone user name) replaced by ``****``:
-    ``http://user:secret@host:3128`` becomes ``http://user:****@host:3128``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    netloc, tail = rest[:cut], rest[cut:]
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at:
-        user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}:****@{hostport}" if colon else f"****@{hostport}"
-    if "?" in tail or "#" in tail:
-        tail = tail.split("?", 1)[0].split("#", 1)[0]
-    return f"{scheme}{sep}{netloc}{tail}"
-
-
 def _proxy_variable(api: ApiConfig) -> str:
     return f"{api.protocol.upper()}_PROXY or {api.protocol}_proxy"
 
@@ -109,7 +92,7 @@ def check_builtin_transport(api: ApiConfig, environ: Mapping[str, str] = os.envi
     if proxy is None:
         return
     raise ConfigError(
-        f'transport = "builtin" cannot use the proxy {mask_proxy_url(proxy)} that '
+        f'transport = "builtin" cannot use the proxy {mask_url(proxy)} that '
         f'{_proxy_variable(api)} sets for {api.base_url}: use transport = "aiohttp", or add '
         f"{api.host} to NO_PROXY",
         key="api.transport",
@@ -122,7 +105,7 @@ def describe_proxy(api: ApiConfig, environ: Mapping[str, str] = os.environ) -> s
     proxy = proxy_for(api, environ)
     if proxy is None:
         return f"no proxy applies to {api.base_url} (direct connection)"
-    line = f"proxy for {api.base_url}: {mask_proxy_url(proxy)} (from {_proxy_variable(api)})"
+    line = f"proxy for {api.base_url}: {mask_url(proxy)} (from {_proxy_variable(api)})"
     if api.transport == "builtin":
         line += '; transport = "builtin" would REFUSE to start (it cannot use a proxy)'
     return line
