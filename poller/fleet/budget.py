@@ -491,23 +491,30 @@ class SharedRateMeter:
         return self._local.stats()
 
     def reconfigure(self, qps: float, *, margin_s: float, adaptive: bool) -> None:
+        """A new budget (a reloaded config), in the mode the fleet is in now."""
         self._qps, self._margin, self._adaptive = qps, margin_s, adaptive
         self._slots.clear()
-        self.mode_changed(self._fleet.mode)
+        self._retune(self._fleet.mode)
 
     def mode_changed(self, mode: Mode) -> None:
         """The fleet's mode changed: the local meter becomes, or stops being, the budget."""
         self._slots.clear()
+        self._retune(mode)
+        if mode == "degraded":
+            self._returning = True
+            # The fleet's grants of the last window are unknown, and slots reserved before Redis
+            # went away may still be used for up to AHEAD_S: wait both out before sending alone.
+            self._local.pause(self._window + AHEAD_S)
+
+    def _retune(self, mode: Mode) -> None:
+        """The local meter: the full rate in front of the shared budget, or, without Redis,
+        the member's share of it with the fleet's margin (members send alone, side by side)."""
         if mode == "shared":
             self._local.reconfigure(self._qps, margin_s=self._margin, adaptive=self._adaptive)
-            return
-        self._returning = True
-        share = self._qps / max(1, self._fleet.members)
-        margin = self._window - 1.0  # members send alone, side by side: the fleet's margin
-        self._local.reconfigure(share, margin_s=margin, adaptive=self._adaptive)
-        # The fleet's grants of the last window are unknown, and slots reserved before Redis
-        # went away may still be used for up to AHEAD_S: wait both out before sending alone.
-        self._local.pause(self._window + AHEAD_S)
+        else:
+            share = self._qps / max(1, self._fleet.members)
+            margin = self._window - 1.0
+            self._local.reconfigure(share, margin_s=margin, adaptive=self._adaptive)
 
     async def acquire(self) -> float:
         clock = self._clock
