@@ -221,7 +221,10 @@ async def test_sweeps_report_the_connections_they_opened(
             opened.append(poller.last.connections_opened)
             assert poller.last.summary()["connections_opened"] == opened[-1]
     assert 1 <= opened[0] <= 4 + 8
-    assert opened[1] == 0  # the second sweep reused the kept-alive connections
+    # The second sweep reused the kept-alive connections: it opens at most the ones the first
+    # sweep never needed (the pool holds max_in_flight = 4; how many the first sweep needed
+    # depends on how fast answers came back, e.g. on a loaded CI machine).
+    assert opened[1] <= 4 - min(opened[0], 4)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
