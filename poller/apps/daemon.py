@@ -27,7 +27,7 @@ import random
 import signal
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poller.config import PollerConfig, load_config
 from poller.core.changes import ChangeTracker
@@ -46,6 +46,9 @@ from .metrics import HealthServer, Metrics, Readiness
 from .report import SweepReport
 from .sdnotify import notify, reloading_message, watchdog_interval_s
 from .signals import StopSignals
+
+if TYPE_CHECKING:  # imports redis: only with [cluster] shard_targets
+    from .sharded import FleetSweeps
 
 __all__ = ["Daemon"]
 
@@ -93,6 +96,7 @@ class Daemon:
         self._plans = daemon_plans(self.config, self._work)
         self._sinks: list[Sink] = []
         self._store: StateStore | None = None
+        self._fleet_sweeps: FleetSweeps | None = None
         self._signals = StopSignals(self._on_stop_signal, on_hup=self._on_hup)
 
     # -- signals ---------------------------------------------------------------------------
@@ -112,6 +116,8 @@ class Daemon:
         if poller is not None:
             poller.request_stop()
             self._spawn(self._abort_after_drain(poller), "poller-drain")
+        if self._fleet_sweeps is not None:  # hand the shards over before draining
+            self._spawn(self._fleet_sweeps.leave(), "poller-fleet-leave")
 
     async def _abort_after_drain(self, poller: Poller) -> None:
         await self._clock.sleep(self.config.daemon.drain_timeout_s)
@@ -156,6 +162,7 @@ class Daemon:
                     install_redactor(Redactor(self._poller.fleet.secrets()))
                     self._metrics.watch_fleet(self._poller.fleet)
                     self._readiness.fleet = self._poller.fleet
+                    await self._join_shards(stack)
                 stack.push_async_callback(self._cancel_background)
                 self._start_watchdog()
                 notify("READY=1\nSTATUS=polling")
@@ -175,6 +182,18 @@ class Daemon:
             notify("STOPPING=1")
             self._log_stopped(exit_code)
         return exit_code
+
+    async def _join_shards(self, stack: contextlib.AsyncExitStack) -> None:
+        """With ``[cluster] shard_targets``: take this member's shards (handed over at the end)."""
+        cluster = self.config.cluster
+        if cluster is None or not cluster.shard_targets or self._poller is None:
+            return
+        from .sharded import FleetSweeps  # imports redis
+
+        sweeps = FleetSweeps(self._poller, self.config, self._work, self._metrics, self._readiness)
+        await sweeps.start()
+        stack.push_async_callback(sweeps.leave)
+        self._fleet_sweeps = sweeps
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -199,6 +218,10 @@ class Daemon:
         store = StateStore(resolve_state_dir(self.config.daemon.state_dir))
         store.lock()  # StateError (exit 78) when another daemon uses the directory
         stack.callback(store.close)
+        cluster = self.config.cluster
+        if cluster is not None and cluster.shard_targets:
+            log_event(log, logging.INFO, "state kept by the fleet in Redis", path=str(store.path))
+            return 1  # a sharded fleet's state lives in Redis; sweeps are numbered there
         snapshot = await asyncio.to_thread(store.load)
         tracker.restore(snapshot.targets, snapshot.sweep)
         self._store = store
@@ -271,6 +294,8 @@ class Daemon:
         )
 
     async def _loop(self, tracker: ChangeTracker) -> int:
+        if self._fleet_sweeps is not None:
+            return await self._aligned_loop(self._fleet_sweeps)
         clock = self._clock
         next_start = clock.monotonic() + random.uniform(0, self.config.daemon.start_jitter_s)
         while True:
@@ -298,6 +323,33 @@ class Daemon:
                 )
                 next_start = now
 
+    async def _aligned_loop(self, fleet: FleetSweeps) -> int:
+        """Sweeps at multiples of ``interval_s`` on the fleet's clock, numbered by them."""
+        last: int | None = None
+        number, start = fleet.next_sweep(last)
+        while True:
+            await self._sleep_until(start)  # returns early for a stop or a reload
+            if self._stopping:
+                return EX_OK
+            if self._reload:
+                await self._apply_reload(None)
+                number, start = fleet.next_sweep(last)
+                continue
+            if not await self._sweep(None, number):
+                return EX_CONFIG
+            if self.stopping:
+                return EX_OK
+            last = number
+            number, start = fleet.next_sweep(last)
+            if number > last + 1:
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "the sweep took longer than the interval; skipping to the next aligned start",
+                    skipped=number - last - 1,
+                    interval_s=self.config.daemon.interval_s,
+                )
+
     async def _sleep_until(self, deadline: float) -> None:
         """Sleep until ``deadline`` (monotonic), or until a stop or reload signal."""
         remaining = deadline - self._clock.monotonic()
@@ -314,7 +366,7 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await fut
 
-    async def _apply_reload(self, tracker: ChangeTracker) -> None:
+    async def _apply_reload(self, tracker: ChangeTracker | None) -> None:
         self._reload = False
         notify(reloading_message(self._clock))
         poller = self._poller
@@ -335,7 +387,10 @@ class Daemon:
             self._sinks = sinks_from_config(new.sinks)
         else:
             await self._reopen_sinks()  # log rotation: files moved away get new ones
-        tracker.emit = new.daemon.emit
+        if tracker is not None:
+            tracker.emit = new.daemon.emit
+        if self._fleet_sweeps is not None:
+            self._fleet_sweeps.reconfigure(new)
         if new.daemon.state_dir != self.config.daemon.state_dir:
             log_event(log, logging.WARNING, "a new [daemon] state_dir applies after a restart")
         self.config, self._plans = new, plans
@@ -349,17 +404,30 @@ class Daemon:
         except PollerError as exc:  # the next write fails loudly; a reload must not
             log_event(log, logging.ERROR, "reopening a sink failed", error=str(exc))
 
-    async def _sweep(self, tracker: ChangeTracker) -> bool:
-        """One sweep written to the sinks; ``False`` when the daemon must give up."""
+    async def _sweep(self, tracker: ChangeTracker | None, number: int | None = None) -> bool:
+        """One sweep written to the sinks; ``False`` when the daemon must give up.
+
+        Without ``tracker`` (a sharded fleet member) the sweep is number ``number``, polls this
+        member's shards and the fleet's shared state decides the transitions."""
         poller = self._poller
         assert poller is not None
+        fleet = self._fleet_sweeps
+        keep = (await fleet.begin()).keep() if fleet is not None else None
         work = await self._work.build(poller, self._plans)
         fatal: AuthError | None = None
-        changes_before = tracker.changes
+        emit_all = self.config.daemon.emit == "all"
+        changes_before = (
+            tracker.changes if tracker is not None else fleet.state.changes if fleet else 0
+        )
         try:
-            async with contextlib.aclosing(poller.sweep_batches(work)) as batches:
+            batches = poller.sweep_batches(work, number=number, keep=keep)
+            async with contextlib.aclosing(batches):
                 async for records in batches:
-                    out = tracker.process(records)
+                    if tracker is not None:
+                        out = tracker.process(records)
+                    else:
+                        assert fleet is not None
+                        out = await fleet.process(records, emit_all=emit_all)
                     if out:
                         for sink in self._sinks:
                             await sink.write(out)
@@ -371,9 +439,15 @@ class Daemon:
         stats = poller.last
         if stats is None:
             return True
-        online = tracker.end_sweep(stats.sweep, {t.key for t, _ in work})
-        await self._save_state(tracker, stats.sweep)
-        changes = tracker.changes - changes_before
+        targets = {t.key for t, _ in work}
+        if tracker is not None:
+            online = tracker.end_sweep(stats.sweep, targets)
+            await self._save_state(tracker, stats.sweep)
+            changes = tracker.changes - changes_before
+        else:
+            assert fleet is not None
+            online = await fleet.end(stats.sweep, sorted(targets, key=str))
+            changes = fleet.state.changes - changes_before
         return self._report.sweep_done(
             stats,
             online,

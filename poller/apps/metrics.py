@@ -15,19 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from poller.core.clock import Clock, system_clock
 from poller.core.records import TargetKey
 from poller.core.stats import Attempt, SweepStats
 
-__all__ = ["FleetLike", "FleetState", "HealthServer", "Metrics", "Readiness"]
+__all__ = [
+    "FleetLike",
+    "FleetState",
+    "HealthServer",
+    "Metrics",
+    "Readiness",
+    "ShardsLike",
+    "SharedStateLike",
+]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -53,6 +62,51 @@ class FleetLike(Protocol):
     on_redis_call: Callable[[float, bool], None] | None
 
     def status(self) -> FleetState: ...
+
+
+class ShardsLike(Protocol):
+    """What metrics and readiness read of a member's shard leases
+    (:class:`poller.fleet.shards.ShardLeases`) and shared state."""
+
+    @property
+    def held(self) -> frozenset[int]: ...
+
+    leader: bool
+    handovers_in: int
+    handovers_out: int
+
+
+class SharedStateLike(Protocol):
+    changes: int
+    deferred: int
+
+
+class _ShardCounters:
+    """Counters read from the leases and shared state at scrape time."""
+
+    def __init__(self, leases: ShardsLike, state: SharedStateLike) -> None:
+        self._leases, self._state = leases, state
+
+    def collect(self) -> Iterator[Metric]:
+        handovers = CounterMetricFamily(
+            "poller_fleet_shard_handovers",
+            "Shards this member took over (in) or handed over or lost (out).",
+            labels=["direction"],
+        )
+        handovers.add_metric(["in"], self._leases.handovers_in)
+        handovers.add_metric(["out"], self._leases.handovers_out)
+        yield handovers
+        yield CounterMetricFamily(
+            "poller_fleet_changes_decided",
+            "Transitions this member decided in the fleet's shared state (and streamed).",
+            value=self._state.changes,
+        )
+        yield CounterMetricFamily(
+            "poller_fleet_changes_deferred",
+            "Poll results whose transitions could not be decided (Redis unreachable); the next"
+            " sweep with Redis decides them.",
+            value=self._state.deferred,
+        )
 
 
 _CLOCK_OFFSET_HELP = "The API server's clock minus the local clock, learned from its Date headers."
@@ -168,6 +222,19 @@ class Metrics:
 
         fleet.on_redis_call = on_call
 
+    def watch_shards(self, leases: ShardsLike, state: SharedStateLike) -> None:
+        """Shard metrics of a sharded fleet member: shards held, leadership, handovers."""
+        r = self.registry
+        Gauge(
+            "poller_fleet_shards_held", "UID shards this member holds a lease on.", registry=r
+        ).set_function(lambda: len(leases.held))
+        Gauge(
+            "poller_fleet_leader",
+            "1 while this member holds the fleet's leader lease (it lists group members).",
+            registry=r,
+        ).set_function(lambda: 1.0 if leases.leader else 0.0)
+        r.register(_ShardCounters(leases, state))
+
     def _status_label(self, status: str) -> str:
         """``status``, while fewer than :data:`MAX_STATUS_LABELS` distinct ones were seen:
         server error codes are open-ended, a metric's series must not be."""
@@ -213,6 +280,7 @@ class Readiness:
     last_sweep_ok: bool = False
     reason: str = "no sweep has completed yet"
     fleet: FleetLike | None = None  # [cluster]: its mode is part of the answer
+    shards: ShardsLike | None = None  # a sharded fleet: the shards held are too
 
     def check(self, now: float) -> tuple[bool, str]:
         fleet = self.fleet.status() if self.fleet is not None else None
@@ -233,13 +301,15 @@ class Readiness:
         if self.fleet is None:
             return {}
         status = self.fleet.status()
-        return {
-            "fleet": {
-                "mode": status.mode,
-                "members": status.members,
-                "detail": status.description,
-            }
+        fleet: dict[str, Any] = {
+            "mode": status.mode,
+            "members": status.members,
+            "detail": status.description,
         }
+        if self.shards is not None:
+            fleet["shards_held"] = len(self.shards.held)
+            fleet["leader"] = self.shards.leader
+        return {"fleet": fleet}
 
 
 class HealthServer:

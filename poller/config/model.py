@@ -427,6 +427,13 @@ class ClusterConfig(_Checked):
     on_redis_down: Literal["share", "pause"] = "share"
     #: The member count assumed by a process that starts while Redis is down.
     expected_members: int = field(default=2, metadata=_between(1, 1000))
+    #: Split the targets' UIDs between the members (each polls the shards it holds) and keep
+    #: one change stream for the fleet in Redis. ``false``: only the budget is shared.
+    shard_targets: bool = True
+    #: The number of UID shards (the same on every member of a fleet).
+    shards: int = field(default=64, metadata=_between(1, 4096))
+    #: A shard lease not renewed for this long expires; another member then takes the shard.
+    lease_ttl_s: float = field(default=10.0, metadata=_finite(1.0, inclusive=True))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

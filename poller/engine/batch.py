@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,8 @@ class SweepContext:
     meter: RateMeter
     clock: Clock
     control: StopControl
+    #: Which UIDs this sweep polls (a fleet member's shards); ``None``: all of them.
+    keep: Callable[[str], bool] | None = None
 
     def skip_reason(self) -> tuple[str, str] | None:
         """Why no further request of this sweep may start, if one may not."""

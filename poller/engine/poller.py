@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import enum
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -267,8 +267,18 @@ class Poller:
                 for record in records:
                     yield record
 
-    async def sweep_batches(self, work: Sequence[Work]) -> AsyncGenerator[list[Record], None]:
+    async def sweep_batches(
+        self,
+        work: Sequence[Work],
+        *,
+        number: int | None = None,
+        keep: Callable[[str], bool] | None = None,
+    ) -> AsyncGenerator[list[Record], None]:
         """One sweep over several targets (their batches interleave), as lists of records.
+
+        ``number`` numbers the sweep (it must exceed the last one; default: the next number),
+        as a fleet member does with sweeps aligned on the fleet's clock. With ``keep``, only
+        the UIDs it accepts are polled (a fleet member's shards); the others get no record.
 
         Raises the fatal error (e.g. :class:`~poller.core.errors.AuthError`) at the end if one
         stopped the sweep; every UID still got its record before that.
@@ -277,7 +287,12 @@ class Poller:
         fetcher = self._fetcher or self._client
         assert fetcher is not None and self._inflight is not None and self._meter is not None
         _check_targets(work)
-        self._sweeps += 1
+        if number is not None:
+            if number <= self._sweeps:
+                raise ValueError(f"sweep number {number} must exceed the last, {self._sweeps}")
+            self._sweeps = number
+        else:
+            self._sweeps += 1
         stats = SweepStats(sweep=self._sweeps, started_at=self._clock.monotonic())
         deadline_s = self._config.sweep.deadline_s
         ctx = SweepContext(
@@ -288,6 +303,7 @@ class Poller:
             meter=self._meter,
             clock=self._clock,
             control=self._control,
+            keep=keep,
         )
         self.current = stats
         opened_before = self._connections_opened()

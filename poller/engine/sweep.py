@@ -105,10 +105,14 @@ async def _batches(
         max_uid_bytes=config.max_uid_bytes,
         compact=_compact(source) if config.dedupe else False,
     )
+    keep = ctx.keep
     try:
         async for chunk in iter_chunks(source):
             stats.uids_seen += len(chunk.uids)
             for i, uid in enumerate(chunk.uids):
+                if keep is not None and not keep(uid):
+                    stats.uids_seen -= 1  # another member's UID
+                    continue
                 out = batcher.add(uid)
                 if out is None:
                     continue

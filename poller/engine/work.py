@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -103,6 +103,9 @@ class WorkBuilder:
         self._members: dict[TargetKey, list[str]] = {}
         self._copies = copies_dir
         self._on_source_error = on_source_error
+        #: Lists a discovery target's members instead of ``poller.discover`` (a fleet member
+        #: reads the list its leader shared).
+        self.discoverer: Callable[[Target], Awaitable[list[str]]] | None = None
 
     def has_copy(self, target: Target, path: Path) -> bool:
         """A good copy of ``target``'s UID file ``path`` is kept."""
@@ -131,7 +134,7 @@ class WorkBuilder:
 
     async def _discover(self, poller: Poller, target: Target) -> None:
         try:
-            members = await poller.discover(target)
+            members = await (self.discoverer or poller.discover)(target)
         except PollerError as exc:
             if self._on_error is None:
                 raise

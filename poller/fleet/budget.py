@@ -38,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -81,6 +81,7 @@ PROBE_S: Final = 1.0
 REDIS_TIMEOUT_S: Final = 1.0
 
 Mode = Literal["shared", "degraded"]
+T = TypeVar("T")
 
 
 def account_of(cluster: ClusterConfig, access_key_id: str | None) -> str:
@@ -294,6 +295,18 @@ class Fleet:
             redis_latency_s=self.redis_latency_s,
         )
 
+    def redis_time(self) -> float:
+        """Now on Redis's clock (s), as learned from round trips; the local wall clock until
+        Redis has answered once."""
+        clock = self._clock
+        if not self.clock_sync.ready:
+            return clock.time()
+        return clock.monotonic() - self.clock_sync.local(0.0)
+
+    def local_time(self, redis_s: float) -> float:
+        """The local monotonic time of the Redis time ``redis_s`` (see :meth:`redis_time`)."""
+        return self._clock.monotonic() + (redis_s - self.redis_time())
+
     def seen(self, members: int) -> None:
         """Members counted by Redis just now (0 after Redis lost its data: not yet known)."""
         if members > 0:
@@ -314,10 +327,17 @@ class Fleet:
         registered = self._scripts.get(script)
         if registered is None:  # EVALSHA, loading the script again after NOSCRIPT (a restart)
             registered = self._scripts[script] = redis.register_script(script)
+        return await self.command(lambda _: registered(keys=keys, args=args))
+
+    async def command(self, send: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """``send(redis)`` under the same rules as :meth:`call` (timeout, degraded mode)."""
+        redis = self._redis
+        if redis is None:
+            raise FleetUnavailable("the fleet is closed")
         start = self._clock.monotonic()
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S):
-                reply = await registered(keys=keys, args=args)
+                reply = await send(redis)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             if self.on_redis_call is not None:
@@ -433,6 +453,11 @@ class ClockSync:
         """The local monotonic time of the Redis time ``redis_s``."""
         assert self._best is not None, "observe() first"
         return redis_s - self._best[2]
+
+    @property
+    def ready(self) -> bool:
+        """A round trip was observed (:meth:`local` can be used)."""
+        return self._best is not None
 
 
 class FleetUnavailable(Exception):

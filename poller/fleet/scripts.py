@@ -14,6 +14,19 @@ keys would share a slot; Redis Cluster itself is not supported yet)::
     poller:{A}:<action>:rates   HASH  member -> "fraction:time": its meter's share of the rate
     poller:{A}:members          ZSET  member -> its last heartbeat
     poller:{A}:member:<member>  HASH  what a member says about itself; expires with it
+
+A fleet ``F`` that splits its targets' UIDs (``shard_targets``) adds, with ``T`` a target as
+``api/app_id/group_id`` (the group empty for an app-wide target)::
+
+    poller:{A}:fleet:F:shard-members  ZSET  lease token -> its last lease tick
+    poller:{A}:fleet:F:shard:<n>      STR   shard n's lease: its holder's token (PX lease_ttl)
+    poller:{A}:fleet:F:leader         STR   the leader's token (PX lease_ttl): it lists members
+    poller:{A}:fleet:F:discovered:<T> STR   the member list the leader last listed (JSON)
+    poller:{A}:fleet:F:state:<T>      HASH  uid -> its last known state (JSON, see CHANGES)
+    poller:{A}:fleet:F:born:<T>       STR   the sweep in which T's state began
+    poller:{A}:fleet:F:changes        STREAM the fleet's change records (XADD MAXLEN ~)
+
+A lease token is ``member#nonce``: a restarted process is a new member.
 """
 
 from __future__ import annotations
@@ -21,7 +34,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["HEARTBEAT", "PAUSE", "RESERVE", "BudgetKeys", "Keys"]
+__all__ = [
+    "CHANGES",
+    "FORGET",
+    "HEARTBEAT",
+    "LEASES",
+    "PAUSE",
+    "RESERVE",
+    "BudgetKeys",
+    "FleetKeys",
+    "Keys",
+]
 
 #: Reserve up to ``want`` slots of the shared budget.
 #:
@@ -203,3 +226,218 @@ class Keys:
             usage=self._key(action, "usage"),
             rates=self._key(action, "rates"),
         )
+
+
+#: One lease tick of a member: register it, then for every shard keep, hand over or take the
+#: lease, as rendezvous hashing over the live members says.
+#:
+#: KEYS: shard-members, leader, then the lease of every shard in order. ARGV: token, ttl_ms,
+#: leaving ("1": the member leaves and gives every lease away), lead ("1": take the leader
+#: lease when it is free).
+#:
+#: The live members are those whose last tick is at most ttl_ms old. Shard n belongs to the
+#: live member m with the highest ``sha1(m .. '|' .. n)``: a member joining or leaving moves
+#: only its own share. Each shard's lease is then, for this member:
+#: - held and still its own: renewed (PX ttl_ms);
+#: - held but now another's: handed over at once (set to the new owner's token), so the shard
+#:   never goes unleased; with nobody live left, deleted;
+#: - free and its own: taken (SET PX);
+#: - held by another: left alone (its holder hands it over at its own tick, or it expires).
+#:
+#: Returns {now_ms, leader token or "", holder token or "" of every shard...}.
+LEASES: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local token = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local leaving = ARGV[3] == '1'
+if leaving then
+  redis.call('ZREM', KEYS[1], token)
+else
+  redis.call('ZADD', KEYS[1], now, token)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('PEXPIRE', KEYS[1], ttl * 3)
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+local leader = redis.call('GET', KEYS[2])
+if leader == token then
+  if leaving or ARGV[4] ~= '1' then
+    redis.call('DEL', KEYS[2])
+    leader = false
+  else
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+elseif not leader and not leaving and ARGV[4] == '1' then
+  redis.call('SET', KEYS[2], token, 'PX', ttl)
+  leader = token
+end
+local out = {string.format('%d', now), leader or ''}
+for i = 3, #KEYS do
+  local shard = tostring(i - 3)
+  local best, score = false, ''
+  for _, m in ipairs(live) do
+    local w = redis.sha1hex(m .. '|' .. shard)
+    if w > score then
+      best, score = m, w
+    end
+  end
+  local holder = redis.call('GET', KEYS[i])
+  if holder == token then
+    if best == token then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    elseif best then
+      redis.call('SET', KEYS[i], best, 'PX', ttl)
+      holder = best
+    else
+      redis.call('DEL', KEYS[i])
+      holder = false
+    end
+  elseif not holder and best == token then
+    redis.call('SET', KEYS[i], token, 'PX', ttl)
+    holder = token
+  end
+  out[#out + 1] = holder or ''
+end
+return out
+"""
+
+#: Compare and set the fleet's state of one target's UIDs with one batch of poll results, and
+#: append each transition to the change stream, in one step.
+#:
+#: KEYS: state (HASH), born (STR), changes (STREAM). ARGV: sweep, member, maxlen (of the
+#: stream, approximate), state_ttl_ms, head (the change record's JSON up to the UID: type,
+#: sweep, api, app_id, group_id), target (as in the key layout), then five per UID: uid, the
+#: uid as JSON, result ("1" online, "0" offline, "e" an error: the state is unknown), join
+#: time ("null" or an integer), polled_at (ms).
+#:
+#: A state is JSON: {"online": true|false|null, "join_time": int|null, "version": n, "sweep":
+#: last sweep polled, "polled_at": ms[, "announce": bool]}. ``version`` counts transitions.
+#: The first sweep of a target (born missing: a new target, or a Redis that lost its data)
+#: learns every state silently; a UID first seen later is announced (a change from null,
+#: version 1); an error never changes a known state; a result older than the state's
+#: ``polled_at`` (a slower member during a handover) is ignored. Each transition is XADDed with
+#: fields target, uid, online ("1"/"0"), version, member and record (the change record's JSON,
+#: byte for byte what the member's sinks get).
+#:
+#: Returns one {index (1-based, among the UIDs), previous ("1", "0" or "null"), version,
+#: stream id} per transition.
+CHANGES: Final = """
+local sweep = ARGV[1]
+local member = ARGV[2]
+local maxlen = ARGV[3]
+local ttl = tonumber(ARGV[4])
+local head = ARGV[5]
+local target = ARGV[6]
+local born = redis.call('GET', KEYS[2])
+if not born then
+  redis.call('SET', KEYS[2], sweep, 'PX', ttl)
+  born = sweep
+else
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+local first = born == sweep
+local function state(online, join_time, version, polled_at, announce)
+  local text = '{"online":' .. online .. ',"join_time":' .. join_time .. ',"version":' ..
+    string.format('%d', version) .. ',"sweep":' .. sweep .. ',"polled_at":' .. polled_at
+  if announce ~= nil then
+    text = text .. ',"announce":' .. (announce and 'true' or 'false')
+  end
+  return text .. '}'
+end
+local function number(v)
+  if v == cjson.null or v == nil then return 'null' end
+  return string.format('%d', v)
+end
+local out = {}
+local n = 0
+for i = 7, #ARGV, 5 do
+  n = n + 1
+  local uid, uid_json, result, join_time, polled_at = ARGV[i], ARGV[i + 1], ARGV[i + 2],
+    ARGV[i + 3], ARGV[i + 4]
+  local raw = redis.call('HGET', KEYS[1], uid)
+  local prev = raw and cjson.decode(raw)
+  if prev and prev.polled_at ~= nil and tonumber(polled_at) < prev.polled_at then
+    -- older than what is known: a slower member's answer during a handover
+  elseif result == 'e' then
+    if not prev then
+      redis.call('HSET', KEYS[1], uid, state('null', 'null', 0, polled_at, not first))
+    end
+  else
+    local online = result == '1' and 'true' or 'false'
+    local version = 0
+    local previous = nil
+    if not prev or prev.online == cjson.null then
+      if (prev and prev.announce) or (not prev and not first) then
+        version, previous = 1, 'null'
+      end
+    elseif (prev.online and 'true' or 'false') ~= online or number(prev.join_time) ~= join_time then
+      version, previous = prev.version + 1, prev.online and 'true' or 'false'
+    else
+      version = prev.version
+    end
+    redis.call('HSET', KEYS[1], uid, state(online, join_time, version, polled_at, nil))
+    if previous then
+      local record = head .. uid_json .. ',"online":' .. online .. ',"previous_online":' ..
+        previous .. ',"join_time":' .. join_time .. ',"polled_at":' .. polled_at ..
+        ',"version":' .. string.format('%d', version) .. '}'
+      local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'target', target,
+        'uid', uid, 'online', result, 'version', string.format('%d', version), 'member', member,
+        'record', record)
+      out[#out + 1] = {n, previous, string.format('%d', version), id}
+    end
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return out
+"""
+
+#: Forget the UIDs of one target not polled since sweep ARGV[1] (no longer in its list).
+#: KEYS: state. ARGV: oldest sweep kept, then candidate UIDs (read by HSCAN; checked again
+#: here, so a UID polled meanwhile stays). Returns the number forgotten.
+FORGET: Final = """
+local keep = tonumber(ARGV[1])
+local gone = 0
+for i = 2, #ARGV do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw and cjson.decode(raw).sweep < keep then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FleetKeys:
+    """The keys of one fleet's shards, leader and shared state (see the module docstring)."""
+
+    account: str
+    fleet: str
+
+    def _key(self, *parts: str) -> str:
+        return ":".join(("poller", "{" + self.account + "}", "fleet", self.fleet, *parts))
+
+    @property
+    def shard_members(self) -> str:
+        return self._key("shard-members")
+
+    def shard(self, n: int) -> str:
+        return self._key("shard", str(n))
+
+    @property
+    def leader(self) -> str:
+        return self._key("leader")
+
+    @property
+    def changes(self) -> str:
+        return self._key("changes")
+
+    def discovered(self, target: str) -> str:
+        return self._key("discovered", target)
+
+    def state(self, target: str) -> str:
+        return self._key("state", target)
+
+    def born(self, target: str) -> str:
+        return self._key("born", target)

@@ -1,0 +1,134 @@
+"""A daemon's part in a sharded fleet (``[cluster]`` with ``shard_targets = true``).
+
+Imported only then (it imports :mod:`poller.fleet`, hence redis). What changes for the daemon:
+
+* **Aligned sweeps.** Sweeps start at multiples of ``[daemon] interval_s`` on Redis's clock,
+  and a sweep's number is that multiple's index, so sweep N is the same moment and the same
+  number on every member. A sweep that overruns skips to the next aligned start.
+* **Shards.** At each sweep start the member ticks its leases (:mod:`poller.fleet.shards`) and
+  polls only the UIDs of the shards it holds.
+* **Transitions** are decided in Redis (:mod:`poller.fleet.state`): the fleet's change stream
+  gets each one exactly once; this member's sinks get those it decided. The local state file
+  is not used (the lock on ``state_dir`` still is).
+* **Discovery** is done by the leader, which shares each member list through Redis; the other
+  members read it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+from poller.config import PollerConfig
+from poller.core.errors import PollerError
+from poller.core.records import Record, Target, TargetKey
+from poller.engine.poller import Poller
+from poller.engine.work import WorkBuilder
+from poller.fleet import FleetUnavailable
+from poller.fleet.shards import HeldShards, ShardLeases
+from poller.fleet.state import SharedState
+
+from .logs import log_event
+from .metrics import Metrics, Readiness
+
+__all__ = ["FleetSweeps"]
+
+log = logging.getLogger("poller.daemon")
+
+#: The leader forgets UIDs that left their lists at most this often (s).
+FORGET_EVERY_S = 60.0
+
+
+class FleetSweeps:
+    """Aligned sweeps over this member's shards, with transitions decided in Redis."""
+
+    def __init__(
+        self,
+        poller: Poller,
+        config: PollerConfig,
+        work: WorkBuilder,
+        metrics: Metrics,
+        readiness: Readiness,
+    ) -> None:
+        fleet, cluster = poller.fleet, config.cluster
+        assert fleet is not None and cluster is not None
+        self.fleet = fleet
+        self.leases = ShardLeases(fleet, shards=cluster.shards, ttl_s=cluster.lease_ttl_s)
+        self.state = SharedState(fleet, interval_s=config.daemon.interval_s)
+        self.interval_s = config.daemon.interval_s
+        self._poller = poller
+        self._forgot_at = -math.inf
+        work.discoverer = self._discover
+        metrics.watch_shards(self.leases, self.state)
+        readiness.shards = self.leases
+
+    async def start(self) -> None:
+        await self.leases.start()
+
+    async def leave(self) -> None:
+        """Hand this member's shards to the others (at a stop signal, and at the end)."""
+        await self.leases.leave()
+
+    def reconfigure(self, config: PollerConfig) -> None:
+        self.interval_s = self.state.interval_s = config.daemon.interval_s
+
+    # -- the schedule ---------------------------------------------------------------------------
+
+    def next_sweep(self, last: int | None) -> tuple[int, float]:
+        """The next aligned sweep after now (and after sweep ``last``): its number and its
+        start on the local monotonic clock."""
+        interval = self.interval_s
+        number = math.floor(self.fleet.redis_time() / interval) + 1
+        if last is not None and number <= last:
+            number = last + 1
+        return number, self.fleet.local_time(number * interval)
+
+    # -- one sweep ------------------------------------------------------------------------------
+
+    async def begin(self) -> HeldShards:
+        """Tick the leases: the shards this sweep polls."""
+        return await self.leases.refresh()
+
+    async def process(self, records: list[Record], *, emit_all: bool) -> list[Record]:
+        return await self.state.process(records, emit_all=emit_all)
+
+    async def end(self, sweep: int, targets: Sequence[TargetKey]) -> dict[TargetKey, int]:
+        """Online UIDs per target among this member's results; the leader also forgets the
+        UIDs that left their lists, about once a minute."""
+        online = self.state.take_online()
+        now = self.fleet.clock.monotonic()
+        if self.leases.leader and now - self._forgot_at >= FORGET_EVERY_S:
+            self._forgot_at = now
+            try:
+                gone = await self.state.forget_stale(targets, sweep)
+            except FleetUnavailable:
+                pass
+            else:
+                if gone:
+                    log_event(log, logging.INFO, "forgot UIDs no longer listed", uids=gone)
+        return online
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    async def _discover(self, target: Target) -> list[str]:
+        if self.leases.leader:
+            members = await self._poller.discover(target)
+            try:
+                await self.state.publish_members(target, members)
+            except FleetUnavailable as exc:
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "could not share the member list with the fleet",
+                    target=str(target),
+                    error=str(exc),
+                )
+            return members
+        try:
+            shared = await self.state.read_members(target)
+        except FleetUnavailable as exc:
+            raise PollerError(f"cannot read the leader's member list: {exc}") from exc
+        if shared is None:
+            raise PollerError("the fleet's leader has not shared a member list yet")
+        return shared

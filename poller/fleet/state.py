@@ -1,0 +1,216 @@
+"""The fleet's shared state: each UID's last known presence, and one change stream.
+
+A sharded fleet (``[cluster] shard_targets``) decides transitions in Redis, not in each member:
+every batch of poll results goes through the CHANGES script (:mod:`poller.fleet.scripts`),
+which compares each UID's result with the state in the target's hash, sets the new state,
+bumps the transition ``version`` and appends the change record to the fleet's stream, in one
+step. So each transition is decided exactly once, even when two members poll the same UID
+during a handover, and a member restarted mid-fleet continues from the fleet's state.
+
+* The stream (``poller:{A}:fleet:F:changes``, capped with ``XADD MAXLEN ~``) is the fleet's
+  exactly-once change output.
+* A member's own sinks get the change records that member decided, with the same ``version``:
+  at least once across the fleet's members and restarts, de-duplicated by (target, UID,
+  version).
+* While Redis is unreachable no transition can be decided: the member keeps writing presence
+  and error records, and its next sweep after Redis is back reports what changed meanwhile
+  (a flip and its flip back within the outage are not seen).
+* A Redis that lost its data starts every target afresh: the next sweep learns the states
+  silently, so transitions during the loss are missed but no burst of false ones appears.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Sequence
+from typing import Final, cast
+
+import orjson
+import redis.asyncio as aioredis
+
+from poller.core.records import (
+    INVALID_USER_ID,
+    ChangeRecord,
+    PresenceRecord,
+    Record,
+    Target,
+    TargetKey,
+    change_record,
+    target_key,
+)
+
+from .budget import Fleet, FleetUnavailable
+from .scripts import CHANGES, FORGET, FleetKeys
+
+__all__ = ["STREAM_MAXLEN", "SharedState", "target_label"]
+
+log = logging.getLogger("poller.fleet")
+
+#: The change stream keeps about this many entries (``XADD MAXLEN ~``).
+STREAM_MAXLEN: Final = 100_000
+#: A target's state outlives its last poll by at least this long (s).
+STATE_TTL_S: Final = 86_400.0
+#: A UID not polled for this long (and at least 3 sweeps) left its list: the leader forgets it.
+FORGET_AFTER_S: Final = 600.0
+#: UIDs checked per FORGET call.
+FORGET_CHUNK: Final = 500
+
+_PREVIOUS: Final[dict[str, bool | None]] = {"true": True, "false": False, "null": None}
+
+
+def target_label(key: TargetKey) -> str:
+    """A target as it appears in key names and stream entries: ``api/app_id/group_id``."""
+    api, app_id, group_id = key
+    return f"{api}/{app_id}/{group_id or ''}"
+
+
+def _head(rec: PresenceRecord) -> str:
+    """The change record's JSON up to the UID (as orjson writes :func:`change_record`)."""
+    dumps = orjson.dumps
+    return (
+        b'{"type":"change","sweep":%d,"api":%s,"app_id":%s,"group_id":%s,"uid":'
+        % (rec["sweep"], dumps(rec["api"]), dumps(rec["app_id"]), dumps(rec["group_id"]))
+    ).decode()
+
+
+class SharedState:
+    """Decides the transitions of a sharded fleet in Redis; see the module docstring."""
+
+    def __init__(
+        self, fleet: Fleet, *, interval_s: float, stream_maxlen: int = STREAM_MAXLEN
+    ) -> None:
+        self.fleet = fleet
+        self.keys = FleetKeys(fleet.account, fleet.cluster.name)
+        self.interval_s = interval_s
+        self.stream_maxlen = stream_maxlen
+        self.changes = 0  # transitions this member decided
+        self.deferred = 0  # poll results whose transitions could not be decided (Redis down)
+        self._ttl_ms = int(max(STATE_TTL_S, 10 * interval_s) * 1000)
+        self._online: dict[TargetKey, int] = {}
+        self._warned_sweep = -1
+
+    # -- poll results ---------------------------------------------------------------------------
+
+    async def process(self, records: list[Record], *, emit_all: bool) -> list[Record]:
+        """The records a member writes for one batch of sweep records: its presence records
+        (with ``emit_all``), error records and the transitions the fleet's state shows."""
+        out: list[Record] = []
+        by_target: dict[TargetKey, list[Record]] = {}
+        for rec in records:
+            if rec["type"] == "presence":
+                if emit_all:
+                    out.append(rec)
+                key = target_key(rec)
+                if rec["online"]:
+                    self._online[key] = self._online.get(key, 0) + 1
+                else:
+                    self._online.setdefault(key, 0)
+                by_target.setdefault(key, []).append(rec)
+            else:
+                out.append(rec)
+                if rec["type"] == "error" and rec["code"] != INVALID_USER_ID:
+                    by_target.setdefault(target_key(rec), []).append(rec)
+        for key, recs in by_target.items():
+            out += await self._compare_and_set(key, recs)
+        return out
+
+    async def _compare_and_set(self, key: TargetKey, recs: list[Record]) -> list[Record]:
+        label = target_label(key)
+        head = ""
+        sweep = recs[0]["sweep"]
+        args: list[str | int] = []
+        for rec in recs:
+            if rec["type"] == "presence":
+                head = head or _head(rec)
+                result = "1" if rec["online"] else "0"
+                join_time = "null" if rec["join_time"] is None else str(rec["join_time"])
+            else:
+                result, join_time = "e", "null"
+            uid = rec["uid"]
+            args += [uid, orjson.dumps(uid).decode(), result, join_time, str(rec["polled_at"])]
+        if not head:  # errors only: no change record can come of them
+            head = "{}"
+        keys = [self.keys.state(label), self.keys.born(label), self.keys.changes]
+        head_args: list[str | int] = [
+            sweep,
+            self.fleet.member,
+            self.stream_maxlen,
+            self._ttl_ms,
+            head,
+            label,
+        ]
+        try:
+            reply = await self.fleet.call(CHANGES, keys, head_args + args)
+        except FleetUnavailable as exc:
+            self._defer(sweep, len(recs), exc)
+            return []
+        out: list[Record] = []
+        for index, previous, version, _stream_id in reply:
+            rec = recs[int(index) - 1]
+            assert rec["type"] == "presence"
+            change: ChangeRecord = change_record(rec, _PREVIOUS[previous], int(version))
+            out.append(change)
+        self.changes += len(out)
+        return out
+
+    def _defer(self, sweep: int, count: int, exc: FleetUnavailable) -> None:
+        self.deferred += count
+        if self._warned_sweep != sweep:
+            self._warned_sweep = sweep
+            log.warning(
+                "cannot decide transitions while Redis is unreachable: presence and error"
+                " records are still written; the next sweep after Redis is back reports what"
+                " changed meanwhile",
+                extra={"fields": {"sweep": sweep, "error": str(exc)}},
+            )
+
+    def take_online(self) -> dict[TargetKey, int]:
+        """Online UIDs per target among this member's results since the last call."""
+        online, self._online = self._online, {}
+        return online
+
+    # -- discovery through the leader -----------------------------------------------------------
+
+    async def publish_members(self, target: Target, uids: Sequence[str]) -> None:
+        """The leader shares the member list it listed for ``target``."""
+        key = self.keys.discovered(target_label(target.key))
+        value = orjson.dumps(list(uids))
+        await self.fleet.command(lambda r: r.set(key, value, px=self._ttl_ms))
+
+    async def read_members(self, target: Target) -> list[str] | None:
+        """The member list the leader last shared for ``target`` (None: none yet)."""
+        key = self.keys.discovered(target_label(target.key))
+        raw = await self.fleet.command(lambda r: r.get(key))
+        if raw is None:
+            return None
+        return cast(list[str], orjson.loads(raw))
+
+    # -- forgetting UIDs that left their lists --------------------------------------------------
+
+    def forget_before(self, sweep: int) -> int:
+        """The oldest sweep whose UIDs are kept when ``sweep`` has just ended."""
+        sweeps = max(3, math.ceil(FORGET_AFTER_S / self.interval_s))
+        return sweep - sweeps
+
+    async def forget_stale(self, targets: Sequence[TargetKey], sweep: int) -> int:
+        """Forget the UIDs of ``targets`` not polled for a while (run by the leader)."""
+        keep = self.forget_before(sweep)
+        gone = 0
+        for key in targets:
+            state_key = self.keys.state(target_label(key))
+            stale = await self.fleet.command(functools.partial(_stale, key=state_key, keep=keep))
+            for i in range(0, len(stale), FORGET_CHUNK):
+                chunk = stale[i : i + FORGET_CHUNK]
+                gone += int(await self.fleet.call(FORGET, [state_key], [keep, *chunk]))
+        return gone
+
+
+async def _stale(redis: aioredis.Redis, key: str, keep: int) -> list[str]:
+    """The UIDs of the state hash ``key`` last polled before sweep ``keep``."""
+    stale: list[str] = []
+    async for uid, raw in redis.hscan_iter(key, count=1000):
+        if orjson.loads(raw)["sweep"] < keep:
+            stale.append(uid)
+    return stale
