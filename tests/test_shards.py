@@ -407,3 +407,21 @@ async def test_concurrent_members_stream_each_flip_exactly_once(
     assert {uid: len(v) for uid, v in versions.items()} == {u: n for u, n in flips.items() if n}
     assert all(v == list(range(1, len(v) + 1)) for v in versions.values())
     assert states[0].changes + states[1].changes == len(entries)
+
+
+async def test_a_restarted_member_writes_again_what_its_sinks_may_not_have_flushed(
+    states: list[SharedState],
+) -> None:
+    a, b = states
+    await a.process(
+        [presence("u1", False, 1, 1000), presence("u2", False, 1, 1000)], emit_all=False
+    )
+    await a.process([presence("u1", True, 2, 2000)], emit_all=False)
+    await a.flushed()  # sweep 2 flushed: its change is delivered
+    lost = changes(await a.process([presence("u2", True, 3, 3000)], emit_all=False))
+    await b.process([presence("u1", False, 3, 3001)], emit_all=False)  # b's own: not a's
+    # a is killed before it flushed sweep 3; it restarts under the same member name
+    again = SharedState(a.fleet, interval_s=1.0)
+    assert await again.undelivered() == lost
+    await again.flushed()
+    assert await SharedState(a.fleet, interval_s=1.0).undelivered() == []

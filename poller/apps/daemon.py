@@ -191,9 +191,19 @@ class Daemon:
         from .sharded import FleetSweeps  # imports redis
 
         sweeps = FleetSweeps(self._poller, self.config, self._work, self._metrics, self._readiness)
-        await sweeps.start()
+        replay = await sweeps.start()
         stack.push_async_callback(sweeps.leave)
         self._fleet_sweeps = sweeps
+        if replay:  # decided before a restart, perhaps never flushed: at least once
+            for sink in self._sinks:
+                await sink.write(replay)
+                await sink.flush()
+            log_event(
+                log,
+                logging.INFO,
+                "wrote again the change records decided before the restart",
+                records=len(replay),
+            )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

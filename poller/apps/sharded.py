@@ -63,8 +63,14 @@ class FleetSweeps:
         metrics.watch_shards(self.leases, self.state)
         readiness.shards = self.leases
 
-    async def start(self) -> None:
+    async def start(self) -> list[Record]:
+        """Take this member's shards; the change records it decided before a restart that its
+        sinks may not have flushed (to write again first)."""
         await self.leases.start()
+        try:
+            return await self.state.undelivered()
+        except FleetUnavailable:
+            return []
 
     async def leave(self) -> None:
         """Hand this member's shards to the others (at a stop signal, and at the end)."""
@@ -94,9 +100,10 @@ class FleetSweeps:
         return await self.state.process(records, emit_all=emit_all)
 
     async def end(self, sweep: int, targets: Sequence[TargetKey]) -> dict[TargetKey, int]:
-        """Online UIDs per target among this member's results; the leader also forgets the
-        UIDs that left their lists, about once a minute."""
+        """After the sinks flushed the sweep: online UIDs per target among this member's
+        results; the leader also forgets the UIDs that left their lists, about once a minute."""
         online = self.state.take_online()
+        await self.state.flushed()  # the daemon flushed the sinks before calling this
         now = self.fleet.clock.monotonic()
         if self.leases.leader and now - self._forgot_at >= FORGET_EVERY_S:
             self._forgot_at = now

@@ -25,6 +25,8 @@ A fleet ``F`` that splits its targets' UIDs (``shard_targets``) adds, with ``T``
     poller:{A}:fleet:F:state:<T>      HASH  uid -> its last known state (JSON, see CHANGES)
     poller:{A}:fleet:F:born:<T>       STR   the sweep in which T's state began
     poller:{A}:fleet:F:changes        STREAM the fleet's change records (XADD MAXLEN ~)
+    poller:{A}:fleet:F:delivered:<m>  STR   the last stream entry member m decided whose
+                                            record its sinks flushed
 
 A lease token is ``member#nonce``: a restarted process is a new member.
 """
@@ -432,6 +434,9 @@ class FleetKeys:
     @property
     def changes(self) -> str:
         return self._key("changes")
+
+    def delivered(self, member: str) -> str:
+        return self._key("delivered", member)
 
     def discovered(self, target: str) -> str:
         return self._key("discovered", target)

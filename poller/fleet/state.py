@@ -9,9 +9,12 @@ during a handover, and a member restarted mid-fleet continues from the fleet's s
 
 * The stream (``poller:{A}:fleet:F:changes``, capped with ``XADD MAXLEN ~``) is the fleet's
   exactly-once change output.
-* A member's own sinks get the change records that member decided, with the same ``version``:
-  at least once across the fleet's members and restarts, de-duplicated by (target, UID,
-  version).
+* A member's own sinks get the change records that member decided, with the same ``version``
+  (de-duplicate by target, UID and version). After its sinks flushed a sweep, the member notes
+  the last stream entry it decided (``delivered:<member>``); a member restarted under the same
+  ``[cluster] member`` name first writes again the records it decided after that entry, so a
+  crash between deciding and flushing loses nothing (at least once). Under the default name
+  (``hostname-pid``) a restart is a new member, and those records are only in the stream.
 * While Redis is unreachable no transition can be decided: the member keeps writing presence
   and error records, and its next sweep after Redis is back reports what changed meanwhile
   (a flip and its flip back within the outage are not seen).
@@ -90,6 +93,8 @@ class SharedState:
         self._ttl_ms = int(max(STATE_TTL_S, 10 * interval_s) * 1000)
         self._online: dict[TargetKey, int] = {}
         self._warned_sweep = -1
+        self._decided: str | None = None  # the last stream entry this member decided
+        self._delivered: str | None = None  # ... whose record its sinks flushed
 
     # -- poll results ---------------------------------------------------------------------------
 
@@ -147,7 +152,8 @@ class SharedState:
             self._defer(sweep, len(recs), exc)
             return []
         out: list[Record] = []
-        for index, previous, version, _stream_id in reply:
+        for index, previous, version, stream_id in reply:
+            self._decided = str(stream_id)
             rec = recs[int(index) - 1]
             assert rec["type"] == "presence"
             change: ChangeRecord = change_record(rec, _PREVIOUS[previous], int(version))
@@ -165,6 +171,37 @@ class SharedState:
                 " changed meanwhile",
                 extra={"fields": {"sweep": sweep, "error": str(exc)}},
             )
+
+    # -- at least once for the member's own sinks ---------------------------------------------
+
+    async def flushed(self) -> None:
+        """The sinks flushed everything written so far: note the last entry decided."""
+        decided = self._decided
+        if decided is None or decided == self._delivered:
+            return
+        key = self.keys.delivered(self.fleet.member)
+        try:
+            await self.fleet.command(lambda r: r.set(key, decided, px=self._ttl_ms))
+        except FleetUnavailable:
+            return  # noted at the next sweep; a restart meanwhile writes a few records twice
+        self._delivered = decided
+
+    async def undelivered(self, limit: int = 100_000) -> list[Record]:
+        """The change records this member (by name) decided after the last entry its sinks
+        flushed: a restarted member writes them first. Empty when nothing is noted."""
+        key = self.keys.delivered(self.fleet.member)
+        start = await self.fleet.command(lambda r: r.get(key))
+        if start is None:
+            return []
+        page = await self.fleet.command(
+            functools.partial(
+                _entries_of, stream=self.keys.changes, after=str(start), member=self.fleet.member
+            )
+        )
+        records = [cast(Record, orjson.loads(record)) for _id, record in page[:limit]]
+        if page:
+            self._decided = page[-1][0]
+        return records
 
     def take_online(self) -> dict[TargetKey, int]:
         """Online UIDs per target among this member's results since the last call."""
@@ -214,3 +251,23 @@ async def _stale(redis: aioredis.Redis, key: str, keep: int) -> list[str]:
         if orjson.loads(raw)["sweep"] < keep:
             stale.append(uid)
     return stale
+
+
+async def _entries_of(
+    redis: aioredis.Redis, *, stream: str, after: str, member: str
+) -> list[tuple[str, str]]:
+    """(id, record) of the entries of ``stream`` after ``after`` that ``member`` decided."""
+    out: list[tuple[str, str]] = []
+    cursor = after
+    while True:
+        # The client decodes replies (decode_responses=True); redis-py's types cannot say so.
+        page = cast(
+            list[tuple[str, dict[str, str]]],
+            await redis.xrange(stream, min=f"({cursor}", count=1000),
+        )
+        if not page:
+            return out
+        for stream_id, fields in page:
+            cursor = stream_id
+            if fields.get("member") == member:
+                out.append((stream_id, fields["record"]))
