@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from poller.config import ClusterConfig
+from poller.core.errors import ConfigError
 from poller.core.records import ErrorRecord, PresenceRecord, Record, change_record
 from poller.fleet import Fleet
 from poller.fleet.shards import HeldShards, ShardLeases, shard_of, token_member
@@ -425,3 +426,16 @@ async def test_a_restarted_member_writes_again_what_its_sinks_may_not_have_flush
     assert await again.undelivered() == lost
     await again.flushed()
     assert await SharedState(a.fleet, interval_s=1.0).undelivered() == []
+
+
+async def test_a_member_with_another_shard_count_is_refused(members: Members) -> None:
+    await members.add("a")
+    cluster = ClusterConfig(redis_url=members.server.url, member="odd", account="acct")
+    fleet = Fleet(cluster, account="acct")
+    await fleet.start()
+    members.fleets.append(fleet)
+    odd = ShardLeases(fleet, shards=32, ttl_s=members.ttl_s)
+    with pytest.raises(ConfigError, match=r"shards = 16 .* shards = 32"):
+        await odd.start()
+    await members.tick_all()
+    assert len(members.leases["a"].held) == 16  # nothing of a's was touched

@@ -21,6 +21,7 @@ A fleet ``F`` that splits its targets' UIDs (``shard_targets``) adds, with ``T``
     poller:{A}:fleet:F:shard-members  ZSET  lease token -> its last lease tick
     poller:{A}:fleet:F:shard:<n>      STR   shard n's lease: its holder's token (PX lease_ttl)
     poller:{A}:fleet:F:leader         STR   the leader's token (PX lease_ttl): it lists members
+    poller:{A}:fleet:F:shape          STR   "shards:lease_ttl_ms", the same for every member
     poller:{A}:fleet:F:discovered:<T> STR   the member list the leader last listed (JSON)
     poller:{A}:fleet:F:state:<T>      HASH  uid -> its last known state (JSON, see CHANGES)
     poller:{A}:fleet:F:born:<T>       STR   the sweep in which T's state began
@@ -233,9 +234,13 @@ class Keys:
 #: One lease tick of a member: register it, then for every shard keep, hand over or take the
 #: lease, as rendezvous hashing over the live members says.
 #:
-#: KEYS: shard-members, leader, then the lease of every shard in order. ARGV: token, ttl_ms,
-#: leaving ("1": the member leaves and gives every lease away), lead ("1": take the leader
-#: lease when it is free).
+#: KEYS: shard-members, leader, shape, then the lease of every shard in order. ARGV: token,
+#: ttl_ms, leaving ("1": the member leaves and gives every lease away), lead ("1": take the
+#: leader lease when it is free).
+#:
+#: Every member must count the same shards with the same TTL: the first member writes
+#: "shards:ttl_ms" to the shape key (it expires with the fleet), and a member whose shape
+#: differs changes nothing and gets {"shape", the fleet's shape}.
 #:
 #: The live members are those whose last tick is at most ttl_ms old. Shard n belongs to the
 #: live member m with the highest ``sha1(m .. '|' .. n)``: a member joining or leaving moves
@@ -253,6 +258,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local token = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local leaving = ARGV[3] == '1'
+local shape = string.format('%d:%d', #KEYS - 3, ttl)
+local fleet_shape = redis.call('GET', KEYS[3])
+if fleet_shape and fleet_shape ~= shape and redis.call('ZCARD', KEYS[1]) > 0 then
+  return {'shape', fleet_shape}
+end
+redis.call('SET', KEYS[3], shape, 'PX', ttl * 3)
 if leaving then
   redis.call('ZREM', KEYS[1], token)
 else
@@ -264,8 +275,12 @@ local live = redis.call('ZRANGE', KEYS[1], 0, -1)
 local leader = redis.call('GET', KEYS[2])
 if leader == token then
   if leaving or ARGV[4] ~= '1' then
-    redis.call('DEL', KEYS[2])
-    leader = false
+    leader = live[1] or false  -- to another live member at once (or nobody)
+    if leader then
+      redis.call('SET', KEYS[2], leader, 'PX', ttl)
+    else
+      redis.call('DEL', KEYS[2])
+    end
   else
     redis.call('PEXPIRE', KEYS[2], ttl)
   end
@@ -274,8 +289,8 @@ elseif not leader and not leaving and ARGV[4] == '1' then
   leader = token
 end
 local out = {string.format('%d', now), leader or ''}
-for i = 3, #KEYS do
-  local shard = tostring(i - 3)
+for i = 4, #KEYS do
+  local shard = tostring(i - 4)
   local best, score = false, ''
   for _, m in ipairs(live) do
     local w = redis.sha1hex(m .. '|' .. shard)
@@ -430,6 +445,10 @@ class FleetKeys:
     @property
     def leader(self) -> str:
         return self._key("leader")
+
+    @property
+    def shape(self) -> str:
+        return self._key("shape")
 
     @property
     def changes(self) -> str:

@@ -32,9 +32,11 @@ import hashlib
 import logging
 import random
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
+
+from poller.core.errors import ConfigError
 
 from .budget import Fleet, FleetUnavailable
 from .scripts import LEASES, FleetKeys
@@ -126,7 +128,10 @@ class ShardLeases:
         return self._holders
 
     async def start(self) -> None:
-        """Take this member's shards now (when Redis answers) and renew them in the background."""
+        """Take this member's shards now (when Redis answers) and renew them in the background.
+
+        Raises :class:`~poller.core.errors.ConfigError` when the fleet runs with other
+        ``shards`` or ``lease_ttl_s``."""
         with contextlib.suppress(FleetUnavailable):
             await self.tick()
         self._task = asyncio.create_task(self._renewals(), name="poller-fleet-leases")
@@ -134,8 +139,7 @@ class ShardLeases:
     async def refresh(self) -> HeldShards:
         """Tick now (at a sweep start): the shards held before the tick and after it."""
         before = self._held
-        with contextlib.suppress(FleetUnavailable):
-            await self.tick()  # Redis down: keep polling what was held (duplicates, no gap)
+        await self._tick_logged()  # Redis down: keep polling what was held (no gap)
         if not self.ticks:  # Redis never answered: nobody can say who polls what, so poll all
             return HeldShards(frozenset(range(self.shards)), self.shards)
         return HeldShards(before | self._held, self.shards)
@@ -148,7 +152,7 @@ class ShardLeases:
         await self._stop_renewals()
         try:
             await self.tick(leaving=True)
-        except FleetUnavailable as exc:
+        except (FleetUnavailable, ConfigError) as exc:
             log.warning(
                 "could not hand the shards over (Redis unreachable): they move when the leases"
                 " expire",
@@ -175,18 +179,36 @@ class ShardLeases:
         period = self.ttl_s / RENEWALS_PER_TTL
         while True:
             await self.fleet.clock.sleep(period * (0.9 + 0.1 * self._rng.random()))
-            with contextlib.suppress(FleetUnavailable):
-                await self.tick()
+            await self._tick_logged()
+
+    async def _tick_logged(self) -> None:
+        """A tick that never raises: Redis down is the fleet's to report; a fleet of another
+        shape (which :meth:`start` refuses) is logged."""
+        try:
+            await self.tick()
+        except FleetUnavailable:
+            pass
+        except ConfigError as exc:
+            log.error("%s", exc, extra={"fields": {"member": self.fleet.member}})
 
     async def tick(self, *, leaving: bool = False) -> None:
         """One lease tick (raises :class:`FleetUnavailable` when Redis cannot be used)."""
-        keys = [self.keys.shard_members, self.keys.leader]
+        keys = [self.keys.shard_members, self.keys.leader, self.keys.shape]
         keys += [self.keys.shard(n) for n in range(self.shards)]
         args = [self.token, int(self.ttl_s * 1000), "1" if leaving else "0"]
         args.append("1" if self._lead and not leaving else "0")
         clock = self.fleet.clock
         sent = clock.monotonic()
         reply = await self.fleet.call(LEASES, keys, args)
+        if reply[0] == "shape":
+            shards, _, ttl_ms = str(reply[1]).partition(":")
+            raise ConfigError(
+                f"fleet {self.fleet.cluster.name!r} runs with shards = {shards} and lease_ttl_s ="
+                f" {int(ttl_ms) / 1000:g}, this member with shards = {self.shards} and"
+                f" lease_ttl_s = {self.ttl_s:g}: every member must use the same (stop the whole"
+                " fleet to change them)",
+                key="cluster.shards",
+            )
         self.fleet.clock_sync.observe(sent, clock.monotonic(), int(reply[0]) / 1000.0)
         self.ticks += 1
         self.leader_token = str(reply[1])
@@ -215,13 +237,3 @@ class ShardLeases:
         )
         if self.on_change is not None:
             self.on_change(self)
-
-
-def held_by(holders: Iterable[str]) -> dict[str, int]:
-    """Shards held per member name."""
-    counts: dict[str, int] = {}
-    for token in holders:
-        if token:
-            member = token_member(token)
-            counts[member] = counts.get(member, 0) + 1
-    return counts
