@@ -5,6 +5,7 @@ polled by exactly one member per aligned sweep, shards that move at once on SIGT
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import redis
 
 from poller.emulator.process import EmulatorProcess
 from poller.fleet.scripts import FleetKeys
-from tests.daemons import DaemonProcess, base_config, target, wait_until
+from tests.daemons import DaemonProcess, base_config, http_get, readyz, target, wait_until
 from tests.redisserver import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -28,9 +29,11 @@ INTERVAL_S = 1.5
 def member_config(
     emu: EmulatorProcess, server: RedisServer, name: str, uids_file: Path, **cluster: Any
 ) -> str:
+    metrics = '\n[metrics]\nlisten = "127.0.0.1:0"\n' if cluster.pop("metrics_listen", 0) else ""
     extra = "".join(f"{k} = {v}\n" for k, v in cluster.items())
     return (
         base_config(emu, interval_s=INTERVAL_S)
+        + metrics
         + f'\n[cluster]\nredis_url = "{server.url}"\nmember = "{name}"\naccount = "acct"\n'
         + extra
         + target(APP, GROUP, uids_file=str(uids_file))
@@ -102,9 +105,17 @@ def fleet_of(tmp_path: Path, redis_server: RedisServer, daemons: Any) -> Iterato
 def test_three_members_poll_every_uid_once_per_aligned_sweep(fleet_of: Any) -> None:
     fleet: Fleet = fleet_of(1200)
     for name in ("m1", "m2", "m3"):
-        fleet.start(name)
+        fleet.start(name, **({"metrics_listen": True} if name == "m1" else {}))
     for daemon in fleet.members.values():
         daemon.sweeps_done(5, timeout=60)
+    url = next(e["url"] for e in fleet.members["m1"].logs() if e["event"] == "metrics listening")
+    metrics = http_get(url)[1].decode()
+    held = float(re.search(r"^poller_fleet_shards_held (\S+)$", metrics, re.M)[1])  # type: ignore[index]
+    assert 0 < held < 64
+    assert "poller_fleet_shard_handovers_total" in metrics
+    assert "poller_fleet_changes_deferred_total 0.0" in metrics
+    status, body = readyz(url)
+    assert status == 200 and body["fleet"]["shards_held"] == held
     for daemon in fleet.members.values():
         assert daemon.stop() == 0
     polls = fleet.polls()

@@ -85,10 +85,11 @@ class FleetSweeps:
         """The next aligned sweep after now (and after sweep ``last``): its number and its
         start on the local monotonic clock."""
         interval = self.interval_s
-        number = math.floor(self.fleet.redis_time() / interval) + 1
-        if last is not None and number <= last:
-            number = last + 1
-        return number, self.fleet.local_time(number * interval)
+        aligned = math.floor(self.fleet.redis_time() / interval) + 1
+        start = self.fleet.local_time(aligned * interval)
+        # Numbers only grow (a longer interval after a reload gives smaller multiples).
+        number = aligned if last is None or aligned > last else last + 1
+        return number, start
 
     # -- one sweep ------------------------------------------------------------------------------
 
