@@ -110,7 +110,9 @@ def test_three_members_poll_every_uid_once_per_aligned_sweep(fleet_of: Any) -> N
         daemon.sweeps_done(5, timeout=60)
     url = next(e["url"] for e in fleet.members["m1"].logs() if e["event"] == "metrics listening")
     metrics = http_get(url)[1].decode()
-    held = float(re.search(r"^poller_fleet_shards_held (\S+)$", metrics, re.M)[1])  # type: ignore[index]
+    found = re.search(r"^poller_fleet_shards_held (\S+)$", metrics, re.M)
+    assert found is not None
+    held = float(found[1])
     assert 0 < held < 64
     assert "poller_fleet_shard_handovers_total" in metrics
     assert "poller_fleet_changes_deferred_total 0.0" in metrics
