@@ -108,7 +108,7 @@ def _state_command(args: argparse.Namespace) -> int:
 
 
 def _cluster_command(args: argparse.Namespace) -> int:
-    """``poller cluster status``: the fleet's members and budget use, read from Redis."""
+    """``poller cluster status``: the fleet's members, budget use and shards, read from Redis."""
     config = load_config(args.config)
     cluster = config.cluster
     if cluster is None:
