@@ -27,7 +27,7 @@ INTERVAL_S = 1.5
 
 
 def member_config(
-    emu: EmulatorProcess, server: RedisServer, name: str, uids_file: Path, **cluster: Any
+    emu: EmulatorProcess, server: RedisServer, name: str, uids_file: Path | None, **cluster: Any
 ) -> str:
     metrics = '\n[metrics]\nlisten = "127.0.0.1:0"\n' if cluster.pop("metrics_listen", 0) else ""
     extra = "".join(f"{k} = {v}\n" for k, v in cluster.items())
@@ -36,7 +36,11 @@ def member_config(
         + metrics
         + f'\n[cluster]\nredis_url = "{server.url}"\nmember = "{name}"\naccount = "acct"\n'
         + extra
-        + target(APP, GROUP, uids_file=str(uids_file))
+        + (
+            target(APP, GROUP, uids_file=str(uids_file))
+            if uids_file is not None
+            else target(APP, GROUP, discover=True)
+        )
     )
 
 
@@ -50,8 +54,9 @@ class Fleet:
         self.uids_file.write_text("".join(u + "\n" for u in self.uids))
         self.members: dict[str, DaemonProcess] = {}
 
-    def start(self, name: str, **cluster: Any) -> DaemonProcess:
-        config = member_config(self.emu, self.server, name, self.uids_file, **cluster)
+    def start(self, name: str, *, discover: bool = False, **cluster: Any) -> DaemonProcess:
+        uids_file = None if discover else self.uids_file
+        config = member_config(self.emu, self.server, name, uids_file, **cluster)
         daemon: DaemonProcess = self._daemons(self.tmp / name, config)
         self.members[name] = daemon
         return daemon
@@ -216,3 +221,28 @@ def test_sigterm_hands_the_shards_over_at_once(fleet_of: Any) -> None:
     )
     assert first * INTERVAL_S - stopped_at <= 2 * INTERVAL_S + 0.5  # not 60 s
     assert all(n == 1 for s, counts in fleet.polls().items() if s > first for n in counts.values())
+
+
+def test_the_leader_lists_the_members_and_each_is_polled_once(fleet_of: Any) -> None:
+    fleet: Fleet = fleet_of(300)
+    for name in ("m1", "m2"):
+        fleet.start(name, discover=True)
+    for daemon in fleet.members.values():
+        daemon.sweeps_done(3, timeout=60)
+    fleet.emu.change_members(APP, GROUP, join=["newbie-1", "newbie-2"], leave=["user-000007"])
+    members = {m["user_id"] for m in fleet.emu.members(APP, GROUP)["members"]}
+    after = fleet.last_sweep() + 3  # the leader lists at one sweep, the others read it at the next
+    for daemon in fleet.members.values():
+        daemon.wait_for(lambda logs: any(e.get("sweep", 0) > after + 2 for e in logs), timeout=30)
+    for daemon in fleet.members.values():
+        assert daemon.stop() == 0
+    # the first sweep from `after` that both ran (a loaded machine may make one overrun)
+    ran = [{e["sweep"] for e in d.logs() if e["event"] == "sweep"} for d in fleet.members.values()]
+    checked = min(s for s in set.intersection(*ran) if s >= after)
+    counts = fleet.polls()[checked]
+    assert set(counts) == members and set(counts.values()) == {1}
+    failures = [
+        e for d in fleet.members.values() for e in d.logs() if e["event"] == "discovery failed"
+    ]
+    # at most a follower's first sweeps, before the leader shared a list
+    assert all("has not shared a member list yet" in e["error"] for e in failures)
