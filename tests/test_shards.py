@@ -163,6 +163,20 @@ async def test_a_member_that_leaves_hands_every_shard_over_at_once(members: Memb
     assert members.leases["b"].handovers_out == len(held_by_b)
 
 
+async def test_a_cancelled_leave_still_hands_over_when_awaited_again(members: Members) -> None:
+    """The daemon starts the handover from its stop signal in a task that its exit cancels,
+    then awaits leave() again: the handover must run to its end."""
+    a = await members.add("a")
+    b = await members.add("b")
+    await members.tick_all()
+    first = asyncio.ensure_future(b.leave())
+    await asyncio.sleep(0)  # started, not finished
+    first.cancel()
+    await b.leave()
+    await a.tick()
+    assert a.held == frozenset(range(16)) and a.handovers_in > 0
+
+
 async def test_the_shards_of_a_dead_member_are_taken_when_its_leases_expire(
     redis_server: RedisServer,
 ) -> None:
@@ -206,6 +220,22 @@ async def test_a_sweep_polls_the_shards_held_before_and_after_its_tick(
     assert moving.shards == frozenset(range(16)) and a.held != moving.shards
     assert (await b.refresh()).shards == b.held and b.held == frozenset(range(16)) - a.held
     assert (await a.refresh()).shards == a.held  # next sweep: only its own
+
+
+async def test_a_shard_handed_over_between_two_sweep_starts_is_still_polled(
+    members: Members,
+) -> None:
+    """b's sweep starts (it holds nothing yet), then a's background tick hands b its share,
+    then a's sweep starts: a still polls that share once, so no shard goes unpolled."""
+    a = await members.add("a")
+    await a.refresh()
+    b = await members.add("b")
+    assert (await b.refresh()).shards == frozenset()
+    await a.tick()  # a background renewal: b's share moves to b
+    assert b.held == frozenset() and a.held != frozenset(range(16))
+    assert (await a.refresh()).shards == frozenset(range(16))  # not only what it holds now
+    assert (await a.refresh()).shards == a.held
+    assert (await b.refresh()).shards == frozenset(range(16)) - a.held
 
 
 async def test_a_member_that_never_reached_redis_polls_every_shard(tmp_path: Any) -> None:

@@ -15,7 +15,11 @@ Lifecycle:
 * state: each UID's last known state, its change version and the sweep counter are loaded from
   ``[daemon] state_dir`` at start (locked: a second daemon on it exits 78) and saved after each
   sweep, once the sinks flushed its records (:mod:`poller.engine.state`); so after a restart
-  the first sweep reports what changed meanwhile, with versions and sweep numbers continuing.
+  the first sweep reports what changed meanwhile, with versions and sweep numbers continuing
+  (:class:`~poller.apps.changes.LocalChanges`);
+* a sharded fleet (``[cluster] shard_targets``, :mod:`poller.apps.sharded`): sweeps aligned to
+  the fleet's clock, only this member's shards polled, transitions decided in Redis; SIGTERM
+  hands the shards over before the drain.
 """
 
 from __future__ import annotations
@@ -30,16 +34,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poller.config import PollerConfig, load_config
-from poller.core.changes import ChangeTracker
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import AuthError, ConfigError, PollerError
 from poller.core.redact import Redactor
 from poller.core.stats import Attempt, Totals
 from poller.engine.poller import Poller
 from poller.engine.sinks import Sink, reopen_sinks, sinks_from_config
-from poller.engine.state import StateError, StateStore, resolve_state_dir
+from poller.engine.state import StateStore, resolve_state_dir
 from poller.engine.work import Plan, WorkBuilder, plan_targets
 
+from .changes import Changes, LocalChanges
 from .exits import EX_CONFIG, EX_FAILURE, EX_OK
 from .logs import install_redactor, log_event
 from .metrics import HealthServer, Metrics, Readiness
@@ -95,7 +99,7 @@ class Daemon:
         )
         self._plans = daemon_plans(self.config, self._work)
         self._sinks: list[Sink] = []
-        self._store: StateStore | None = None
+        self._changes: Changes | None = None  # set by _open_state or _join_shards
         self._fleet_sweeps: FleetSweeps | None = None
         self._signals = StopSignals(self._on_stop_signal, on_hup=self._on_hup)
 
@@ -147,8 +151,7 @@ class Daemon:
                 stack.enter_context(self._signals)
                 stack.push_async_callback(self._close_sinks)
                 await self._start_metrics(stack)
-                tracker = ChangeTracker(self.config.daemon.emit)
-                first_sweep = await self._open_state(stack, tracker)
+                first_sweep = await self._open_state(stack)
                 self._poller = await stack.enter_async_context(
                     Poller(
                         self.config,
@@ -174,7 +177,7 @@ class Daemon:
                     interval_s=self.config.daemon.interval_s,
                     emit=self.config.daemon.emit,
                 )
-                exit_code = await self._loop(tracker)
+                exit_code = await self._loop()
         except ConfigError as exc:
             log_event(log, logging.ERROR, "configuration error", error=str(exc))
             exit_code = EX_CONFIG
@@ -193,7 +196,7 @@ class Daemon:
         sweeps = FleetSweeps(self._poller, self.config, self._work, self._metrics, self._readiness)
         replay = await sweeps.start()
         stack.push_async_callback(sweeps.leave)
-        self._fleet_sweeps = sweeps
+        self._fleet_sweeps = self._changes = sweeps
         if replay:  # decided before a restart, perhaps never flushed: at least once
             for sink in self._sinks:
                 await sink.write(replay)
@@ -223,40 +226,19 @@ class Daemon:
             except PollerError as exc:
                 log_event(log, logging.ERROR, "closing a sink failed", error=str(exc))
 
-    async def _open_state(self, stack: contextlib.AsyncExitStack, tracker: ChangeTracker) -> int:
-        """Lock ``state_dir``, load the saved state into ``tracker``; the first sweep's number."""
+    async def _open_state(self, stack: contextlib.AsyncExitStack) -> int:
+        """Lock ``state_dir`` and, unless a sharded fleet keeps the state in Redis, load the
+        saved state; the first sweep's number."""
         store = StateStore(resolve_state_dir(self.config.daemon.state_dir))
         store.lock()  # StateError (exit 78) when another daemon uses the directory
         stack.callback(store.close)
         cluster = self.config.cluster
         if cluster is not None and cluster.shard_targets:
             log_event(log, logging.INFO, "state kept by the fleet in Redis", path=str(store.path))
-            return 1  # a sharded fleet's state lives in Redis; sweeps are numbered there
-        snapshot = await asyncio.to_thread(store.load)
-        tracker.restore(snapshot.targets, snapshot.sweep)
-        self._store = store
-        log_event(
-            log,
-            logging.INFO,
-            "state loaded",
-            path=str(store.path),
-            last_sweep=snapshot.sweep,
-            targets=len(snapshot.targets),
-            uids=sum(map(len, snapshot.targets.values())),
-        )
-        return snapshot.sweep + 1
-
-    async def _save_state(self, tracker: ChangeTracker, sweep: int) -> None:
-        """Save what changed in ``sweep`` (after the sinks flushed its records)."""
-        store = self._store
-        if store is None:
-            return
-        delta = tracker.take_delta(sweep)
-        try:
-            await asyncio.to_thread(store.save, delta)
-        except StateError as exc:
-            tracker.save_failed()  # the next save rewrites everything
-            log_event(log, logging.ERROR, "saving the state failed", error=str(exc))
+            return 1  # sweeps are numbered on the fleet's clock (see _join_shards)
+        local = LocalChanges(self.config.daemon.emit, store)
+        self._changes = local
+        return await local.load()
 
     async def _start_metrics(self, stack: contextlib.AsyncExitStack) -> None:
         listen = self.config.metrics.listen
@@ -303,7 +285,7 @@ class Daemon:
             exit_code=exit_code,
         )
 
-    async def _loop(self, tracker: ChangeTracker) -> int:
+    async def _loop(self) -> int:
         if self._fleet_sweeps is not None:
             return await self._aligned_loop(self._fleet_sweeps)
         clock = self._clock
@@ -313,11 +295,11 @@ class Daemon:
             if self._stopping:
                 return EX_OK
             if self._reload:
-                await self._apply_reload(tracker)
+                await self._apply_reload()
                 if clock.monotonic() < next_start:
                     continue  # keep the schedule: a reload never starts a sweep early
             started = clock.monotonic()
-            if not await self._sweep(tracker):
+            if not await self._sweep():
                 return EX_CONFIG
             if self.stopping:
                 return EX_OK
@@ -342,10 +324,10 @@ class Daemon:
             if self._stopping:
                 return EX_OK
             if self._reload:
-                await self._apply_reload(None)
+                await self._apply_reload()
                 number, start = fleet.next_sweep(last)
                 continue
-            if not await self._sweep(None, number):
+            if not await self._sweep(number):
                 return EX_CONFIG
             if self.stopping:
                 return EX_OK
@@ -376,7 +358,7 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError):
                     await fut
 
-    async def _apply_reload(self, tracker: ChangeTracker | None) -> None:
+    async def _apply_reload(self) -> None:
         self._reload = False
         notify(reloading_message(self._clock))
         poller = self._poller
@@ -397,8 +379,8 @@ class Daemon:
             self._sinks = sinks_from_config(new.sinks)
         else:
             await self._reopen_sinks()  # log rotation: files moved away get new ones
-        if tracker is not None:
-            tracker.emit = new.daemon.emit
+        assert self._changes is not None
+        self._changes.set_emit(new.daemon.emit)
         if self._fleet_sweeps is not None:
             self._fleet_sweeps.reconfigure(new)
         if new.daemon.state_dir != self.config.daemon.state_dir:
@@ -414,30 +396,20 @@ class Daemon:
         except PollerError as exc:  # the next write fails loudly; a reload must not
             log_event(log, logging.ERROR, "reopening a sink failed", error=str(exc))
 
-    async def _sweep(self, tracker: ChangeTracker | None, number: int | None = None) -> bool:
-        """One sweep written to the sinks; ``False`` when the daemon must give up.
-
-        Without ``tracker`` (a sharded fleet member) the sweep is number ``number``, polls this
-        member's shards and the fleet's shared state decides the transitions."""
-        poller = self._poller
-        assert poller is not None
-        fleet = self._fleet_sweeps
-        keep = (await fleet.begin()).keep() if fleet is not None else None
+    async def _sweep(self, number: int | None = None) -> bool:
+        """One sweep (number ``number``, else the next) written to the sinks; ``False`` when
+        the daemon must give up."""
+        poller, decider = self._poller, self._changes
+        assert poller is not None and decider is not None
+        keep = await decider.begin()  # a fleet member polls its shards only
         work = await self._work.build(poller, self._plans)
         fatal: AuthError | None = None
-        emit_all = self.config.daemon.emit == "all"
-        changes_before = (
-            tracker.changes if tracker is not None else fleet.state.changes if fleet else 0
-        )
+        changes_before = decider.changes
         try:
             batches = poller.sweep_batches(work, number=number, keep=keep)
             async with contextlib.aclosing(batches):
                 async for records in batches:
-                    if tracker is not None:
-                        out = tracker.process(records)
-                    else:
-                        assert fleet is not None
-                        out = await fleet.process(records, emit_all=emit_all)
+                    out = await decider.process(records)
                     if out:
                         for sink in self._sinks:
                             await sink.write(out)
@@ -449,15 +421,8 @@ class Daemon:
         stats = poller.last
         if stats is None:
             return True
-        targets = {t.key for t, _ in work}
-        if tracker is not None:
-            online = tracker.end_sweep(stats.sweep, targets)
-            await self._save_state(tracker, stats.sweep)
-            changes = tracker.changes - changes_before
-        else:
-            assert fleet is not None
-            online = await fleet.end(stats.sweep, sorted(targets, key=str))
-            changes = fleet.state.changes - changes_before
+        online = await decider.end(stats.sweep, sorted({t.key for t, _ in work}, key=str))
+        changes = decider.changes - changes_before
         return self._report.sweep_done(
             stats,
             online,

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 from poller.config import PollerConfig
 from poller.core.errors import PollerError
@@ -26,7 +27,7 @@ from poller.core.records import Record, Target, TargetKey
 from poller.engine.poller import Poller
 from poller.engine.work import WorkBuilder
 from poller.fleet import FleetUnavailable
-from poller.fleet.shards import HeldShards, ShardLeases
+from poller.fleet.shards import ShardLeases
 from poller.fleet.state import SharedState
 
 from .logs import log_event
@@ -57,6 +58,7 @@ class FleetSweeps:
         self.leases = ShardLeases(fleet, shards=cluster.shards, ttl_s=cluster.lease_ttl_s)
         self.state = SharedState(fleet, interval_s=config.daemon.interval_s)
         self.interval_s = config.daemon.interval_s
+        self.emit_all = config.daemon.emit == "all"
         self._poller = poller
         self._forgot_at = -math.inf
         work.discoverer = self._discover
@@ -79,6 +81,14 @@ class FleetSweeps:
     def reconfigure(self, config: PollerConfig) -> None:
         self.interval_s = self.state.interval_s = config.daemon.interval_s
 
+    def set_emit(self, emit: Literal["changes", "all"]) -> None:
+        self.emit_all = emit == "all"
+
+    @property
+    def changes(self) -> int:
+        """Transitions this member decided."""
+        return self.state.changes
+
     # -- the schedule ---------------------------------------------------------------------------
 
     def next_sweep(self, last: int | None) -> tuple[int, float]:
@@ -93,12 +103,12 @@ class FleetSweeps:
 
     # -- one sweep ------------------------------------------------------------------------------
 
-    async def begin(self) -> HeldShards:
-        """Tick the leases: the shards this sweep polls."""
-        return await self.leases.refresh()
+    async def begin(self) -> Callable[[str], bool]:
+        """Tick the leases: which UIDs this sweep polls (those of the shards held)."""
+        return (await self.leases.refresh()).keep()
 
-    async def process(self, records: list[Record], *, emit_all: bool) -> list[Record]:
-        return await self.state.process(records, emit_all=emit_all)
+    async def process(self, records: list[Record]) -> list[Record]:
+        return await self.state.process(records, emit_all=self.emit_all)
 
     async def end(self, sweep: int, targets: Sequence[TargetKey]) -> dict[TargetKey, int]:
         """After the sinks flushed the sweep: online UIDs per target among this member's

@@ -11,9 +11,9 @@ the same answer from the same membership.
 
 A shard whose owner changes is handed over by its holder at the holder's next tick: the lease
 is set to the new owner's token in one step, so it is never free in between. A member ticks at
-the start of every sweep too, and polls the shards it held before that tick *and* after it: a
-shard handed over at a sweep start is polled by one member or, if the two ticks crossed, by
-both (a duplicate poll, never a gap). A member that stops (SIGTERM) gives every lease to the
+the start of every sweep too, and polls every shard it held at any tick since its previous
+sweep started, this one included: whenever the handover happened, the shard is polled in the
+next sweep by its old holder, its new one or both (a duplicate poll, never a gap). A member that stops (SIGTERM) gives every lease to the
 remaining members first (:meth:`ShardLeases.leave`); a member killed outright leaves its shards
 dark until its leases expire, and the others take them at their next tick.
 
@@ -104,6 +104,7 @@ class ShardLeases:
         self._lead = lead
         self._rng = rng or random.Random()
         self._held: frozenset[int] = frozenset()
+        self._since_sweep: frozenset[int] = frozenset()  # held at any tick since the last sweep
         self._holders: tuple[str, ...] = ()
         self.leader = False
         self.leader_token = ""
@@ -111,6 +112,7 @@ class ShardLeases:
         self.handovers_out = 0
         self.ticks = 0
         self.left = False
+        self._leaving: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         #: Called after every tick that changed the shards held (for metrics and logs).
         self.on_change: Callable[[ShardLeases], None] | None = None
@@ -137,17 +139,25 @@ class ShardLeases:
         self._task = asyncio.create_task(self._renewals(), name="poller-fleet-leases")
 
     async def refresh(self) -> HeldShards:
-        """Tick now (at a sweep start): the shards held before the tick and after it."""
-        before = self._held
+        """Tick now (at a sweep start): the shards held at any tick since the last sweep
+        started, this one included (see the module docstring)."""
         await self._tick_logged()  # Redis down: keep polling what was held (no gap)
         if not self.ticks:  # Redis never answered: nobody can say who polls what, so poll all
             return HeldShards(frozenset(range(self.shards)), self.shards)
-        return HeldShards(before | self._held, self.shards)
+        polled = self._since_sweep | self._held
+        self._since_sweep = self._held
+        return HeldShards(polled, self.shards)
 
     async def leave(self) -> None:
-        """Stop renewing and hand every lease to the remaining members (best effort)."""
-        if self.left:
-            return
+        """Stop renewing and hand every lease to the remaining members (best effort).
+
+        Idempotent; a caller cancelled meanwhile (a stop signal's task) does not cancel the
+        handover, which a later call waits for."""
+        if self._leaving is None:
+            self._leaving = asyncio.ensure_future(self._leave())
+        await asyncio.shield(self._leaving)
+
+    async def _leave(self) -> None:
         self.left = True
         await self._stop_renewals()
         try:
@@ -219,6 +229,7 @@ class ShardLeases:
         self._update(held)
 
     def _update(self, held: frozenset[int]) -> None:
+        self._since_sweep |= held
         before = self._held
         if held == before:
             return
