@@ -18,9 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from poller.config import ClusterConfig
+from poller.core.clock import system_clock
 from poller.core.errors import ConfigError
 from poller.core.records import ErrorRecord, PresenceRecord, Record, change_record
 from poller.fleet import Fleet
+from poller.fleet.budget import ClockSync
 from poller.fleet.shards import HeldShards, ShardLeases, shard_of, token_member
 from poller.fleet.state import SharedState, target_label
 from tests.redisserver import RedisServer
@@ -469,3 +471,42 @@ async def test_a_member_with_another_shard_count_is_refused(members: Members) ->
         await odd.start()
     await members.tick_all()
     assert len(members.leases["a"].held) == 16  # nothing of a's was touched
+
+
+class ScriptedFleet:
+    """Just what ShardLeases uses of a Fleet, answering LEASES ticks from a script of
+    (Redis time in s, the shards this member holds) instead of Redis."""
+
+    def __init__(self, ticks: list[tuple[float, set[int]]]) -> None:
+        self.cluster = ClusterConfig(redis_url="redis://127.0.0.1:1/0", member="m")
+        self.account, self.member = "acct", "m"
+        self.clock = system_clock()
+        self.clock_sync = ClockSync()
+        self._ticks = ticks
+        self.token = ""
+
+    async def call(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> list[str]:
+        now_s, held = self._ticks.pop(0)
+        holders = [str(args[0]) if n in held else "other#1" for n in range(8)]
+        return [f"{now_s * 1000:.0f}", "", *holders]
+
+
+async def test_a_shard_given_away_well_before_a_sweep_is_not_polled_twice() -> None:
+    fleet = ScriptedFleet(
+        [
+            (100.0, set(range(8))),  # sweep 1 starts: all held
+            (101.0, {0, 1, 2, 3}),  # a background tick hands 4..7 over, 4 s before sweep 2
+            (105.0, {0, 1, 2, 3}),  # sweep 2 starts
+            (107.5, {0, 1}),  # a background tick hands 2, 3 over 0.5 s before sweep 3
+            (108.0, {0, 1}),  # sweep 3 starts
+            (110.0, {0, 1}),  # sweep 4 starts
+        ]
+    )
+    leases = ShardLeases(cast(Fleet, fleet), shards=8, ttl_s=10.0)
+    assert (await leases.refresh()).shards == frozenset(range(8))
+    await leases.tick()
+    assert (await leases.refresh()).shards == {0, 1, 2, 3}  # the new holder saw 4..7 in time
+    await leases.tick()
+    assert (await leases.refresh()).shards == {0, 1, 2, 3}  # maybe not: polled once more
+    assert (await leases.refresh()).shards == {0, 1}
+    assert (leases.handovers_out, leases.handovers_in) == (6, 0)

@@ -10,12 +10,15 @@ same script, so a member joining or leaving moves only its own share and every m
 the same answer from the same membership.
 
 A shard whose owner changes is handed over by its holder at the holder's next tick: the lease
-is set to the new owner's token in one step, so it is never free in between. A member ticks at
-the start of every sweep too, and polls every shard it held at any tick since its previous
-sweep started, this one included: whenever the handover happened, the shard is polled in the
-next sweep by its old holder, its new one or both (a duplicate poll, never a gap). A member that stops (SIGTERM) gives every lease to the
-remaining members first (:meth:`ShardLeases.leave`); a member killed outright leaves its shards
-dark until its leases expire, and the others take them at their next tick.
+is set to the new owner's token in one step, so it is never free in between. Every member ticks
+at the start of every sweep (the same instant on Redis's clock for all) and polls the shards it
+holds after that tick, plus those it gave away since its previous sweep and at most
+:data:`RECENT_S` before this tick. So a shard handed over by a background tick that fell between
+the new holder's sweep-start tick and the old holder's is still polled, by the old holder (a
+duplicate poll when the new holder saw it too, never a gap), while a handover well before the
+sweep costs nothing. A member that stops (SIGTERM) gives every lease to the remaining members
+first (:meth:`ShardLeases.leave`); a member killed outright leaves its shards dark until its
+leases expire, and the others take them at their next tick.
 
 The leader lease (the same tick) picks one member to list the members of ``discover = true``
 targets for the whole fleet.
@@ -47,6 +50,8 @@ log = logging.getLogger("poller.fleet")
 
 #: Leases are renewed this many times per TTL.
 RENEWALS_PER_TTL: Final = 3
+#: A shard given away this shortly (s, Redis time) before a sweep-start tick is polled once more.
+RECENT_S: Final = 1.0
 
 
 def shard_of(uid: str, shards: int) -> int:
@@ -104,7 +109,8 @@ class ShardLeases:
         self._lead = lead
         self._rng = rng or random.Random()
         self._held: frozenset[int] = frozenset()
-        self._since_sweep: frozenset[int] = frozenset()  # held at any tick since the last sweep
+        self._lost_at: dict[int, float] = {}  # shard -> Redis time (s) it was given away
+        self._tick_at = 0.0  # Redis time (s) of the last tick
         self._holders: tuple[str, ...] = ()
         self.leader = False
         self.leader_token = ""
@@ -139,14 +145,15 @@ class ShardLeases:
         self._task = asyncio.create_task(self._renewals(), name="poller-fleet-leases")
 
     async def refresh(self) -> HeldShards:
-        """Tick now (at a sweep start): the shards held at any tick since the last sweep
-        started, this one included (see the module docstring)."""
+        """Tick now (at a sweep start): the shards held after the tick and those given away
+        shortly before it (see the module docstring)."""
         await self._tick_logged()  # Redis down: keep polling what was held (no gap)
         if not self.ticks:  # Redis never answered: nobody can say who polls what, so poll all
             return HeldShards(frozenset(range(self.shards)), self.shards)
-        polled = self._since_sweep | self._held
-        self._since_sweep = self._held
-        return HeldShards(polled, self.shards)
+        recent = self._tick_at - RECENT_S
+        lost = {n for n, at in self._lost_at.items() if at >= recent}
+        self._lost_at.clear()  # polled once more at most
+        return HeldShards(self._held | lost, self.shards)
 
     async def leave(self) -> None:
         """Stop renewing and hand every lease to the remaining members (best effort).
@@ -226,13 +233,17 @@ class ShardLeases:
         holders = tuple(str(h) for h in reply[2:])
         self._holders = holders
         held = frozenset(n for n, h in enumerate(holders) if h == self.token)
-        self._update(held)
+        self._update(held, int(reply[0]) / 1000.0)
 
-    def _update(self, held: frozenset[int]) -> None:
-        self._since_sweep |= held
+    def _update(self, held: frozenset[int], now_s: float) -> None:
+        self._tick_at = now_s
         before = self._held
         if held == before:
             return
+        for n in before - held:
+            self._lost_at[n] = now_s
+        for n in held - before:
+            self._lost_at.pop(n, None)
         gained, lost = len(held - before), len(before - held)
         if self.ticks > 1 or before:  # the first tick's shards are not a handover
             self.handovers_in += gained
