@@ -494,19 +494,20 @@ class ScriptedFleet:
 async def test_a_shard_given_away_well_before_a_sweep_is_not_polled_twice() -> None:
     fleet = ScriptedFleet(
         [
-            (100.0, set(range(8))),  # sweep 1 starts: all held
-            (101.0, {0, 1, 2, 3}),  # a background tick hands 4..7 over, 4 s before sweep 2
-            (105.0, {0, 1, 2, 3}),  # sweep 2 starts
-            (107.5, {0, 1}),  # a background tick hands 2, 3 over 0.5 s before sweep 3
-            (108.0, {0, 1}),  # sweep 3 starts
-            (110.0, {0, 1}),  # sweep 4 starts
+            (100.0, set(range(8))),  # sweep 1 starts at 100: all held
+            (103.0, {0, 1, 2, 3}),  # a background tick hands 4..7 over 2 s before sweep 2
+            (105.0, {0, 1, 2, 3}),  # sweep 2 starts at 105
+            (110.01, {0, 1}),  # a background tick hands 2, 3 over just after sweep 3 started
+            (110.02, {0, 1}),  # sweep 3's tick (late by 20 ms)
+            (115.0, {0, 1}),  # sweep 4 starts
         ]
     )
     leases = ShardLeases(cast(Fleet, fleet), shards=8, ttl_s=10.0)
-    assert (await leases.refresh()).shards == frozenset(range(8))
+    assert (await leases.refresh(100.0)).shards == frozenset(range(8))
     await leases.tick()
-    assert (await leases.refresh()).shards == {0, 1, 2, 3}  # the new holder saw 4..7 in time
+    assert (await leases.refresh(105.0)).shards == {0, 1, 2, 3}  # the new holder saw 4..7
     await leases.tick()
-    assert (await leases.refresh()).shards == {0, 1, 2, 3}  # maybe not: polled once more
-    assert (await leases.refresh()).shards == {0, 1}
+    # the new holder's tick for sweep 3 may have come before the handover: polled once more
+    assert (await leases.refresh(110.0)).shards == {0, 1, 2, 3}
+    assert (await leases.refresh(115.0)).shards == {0, 1}
     assert (leases.handovers_out, leases.handovers_in) == (6, 0)

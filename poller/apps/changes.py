@@ -27,8 +27,9 @@ class Changes(Protocol):
     @property
     def changes(self) -> int: ...
 
-    async def begin(self) -> Callable[[str], bool] | None:
-        """At a sweep's start: which UIDs this daemon polls (``None``: all)."""
+    async def begin(self, number: int | None) -> Callable[[str], bool] | None:
+        """At the start of sweep ``number`` (``None``: the next): which UIDs this daemon polls
+        (``None``: all)."""
         ...
 
     async def process(self, records: list[Record]) -> list[Record]:
@@ -74,7 +75,7 @@ class LocalChanges:
         )
         return snapshot.sweep + 1
 
-    async def begin(self) -> Callable[[str], bool] | None:
+    async def begin(self, number: int | None) -> Callable[[str], bool] | None:
         return None
 
     async def process(self, records: list[Record]) -> list[Record]:

@@ -401,7 +401,7 @@ class Daemon:
         the daemon must give up."""
         poller, decider = self._poller, self._changes
         assert poller is not None and decider is not None
-        keep = await decider.begin()  # a fleet member polls its shards only
+        keep = await decider.begin(number)  # a fleet member polls its shards only
         work = await self._work.build(poller, self._plans)
         fatal: AuthError | None = None
         changes_before = decider.changes

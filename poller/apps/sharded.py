@@ -103,9 +103,10 @@ class FleetSweeps:
 
     # -- one sweep ------------------------------------------------------------------------------
 
-    async def begin(self) -> Callable[[str], bool]:
-        """Tick the leases: which UIDs this sweep polls (those of the shards held)."""
-        return (await self.leases.refresh()).keep()
+    async def begin(self, number: int | None) -> Callable[[str], bool]:
+        """Tick the leases: which UIDs sweep ``number`` polls (those of the shards held)."""
+        start_s = None if number is None else number * self.interval_s
+        return (await self.leases.refresh(start_s)).keep()
 
     async def process(self, records: list[Record]) -> list[Record]:
         return await self.state.process(records, emit_all=self.emit_all)

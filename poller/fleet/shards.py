@@ -12,13 +12,14 @@ the same answer from the same membership.
 A shard whose owner changes is handed over by its holder at the holder's next tick: the lease
 is set to the new owner's token in one step, so it is never free in between. Every member ticks
 at the start of every sweep (the same instant on Redis's clock for all) and polls the shards it
-holds after that tick, plus those it gave away since its previous sweep and at most
-:data:`RECENT_S` before this tick. So a shard handed over by a background tick that fell between
-the new holder's sweep-start tick and the old holder's is still polled, by the old holder (a
-duplicate poll when the new holder saw it too, never a gap), while a handover well before the
-sweep costs nothing. A member that stops (SIGTERM) gives every lease to the remaining members
-first (:meth:`ShardLeases.leave`); a member killed outright leaves its shards dark until its
-leases expire, and the others take them at their next tick.
+holds after that tick, plus those it gave away since the sweep's start (less
+:data:`MARGIN_S` for the members' clock estimates). So a shard handed over by a background tick
+that fell between the new holder's sweep-start tick and the old holder's is still polled, by
+the old holder (a duplicate poll when the new holder saw it too, never a gap), while a handover
+before the sweep started costs nothing: the new holder's sweep-start tick saw it. A member
+that stops (SIGTERM) gives every lease to the remaining members first
+(:meth:`ShardLeases.leave`); a member killed outright leaves its shards dark until its leases
+expire, and the others take them at their next tick.
 
 The leader lease (the same tick) picks one member to list the members of ``discover = true``
 targets for the whole fleet.
@@ -50,8 +51,8 @@ log = logging.getLogger("poller.fleet")
 
 #: Leases are renewed this many times per TTL.
 RENEWALS_PER_TTL: Final = 3
-#: A shard given away this shortly (s, Redis time) before a sweep-start tick is polled once more.
-RECENT_S: Final = 1.0
+#: Shards given away less than this (s, Redis time) before a sweep's start are polled once more.
+MARGIN_S: Final = 0.25
 
 
 def shard_of(uid: str, shards: int) -> int:
@@ -144,14 +145,15 @@ class ShardLeases:
             await self.tick()
         self._task = asyncio.create_task(self._renewals(), name="poller-fleet-leases")
 
-    async def refresh(self) -> HeldShards:
-        """Tick now (at a sweep start): the shards held after the tick and those given away
-        shortly before it (see the module docstring)."""
+    async def refresh(self, start_s: float | None = None) -> HeldShards:
+        """Tick now, at the start of the sweep that starts at ``start_s`` (Redis time; default:
+        now): the shards held after the tick and those given away since that start (see the
+        module docstring)."""
         await self._tick_logged()  # Redis down: keep polling what was held (no gap)
         if not self.ticks:  # Redis never answered: nobody can say who polls what, so poll all
             return HeldShards(frozenset(range(self.shards)), self.shards)
-        recent = self._tick_at - RECENT_S
-        lost = {n for n, at in self._lost_at.items() if at >= recent}
+        since = (self._tick_at if start_s is None else start_s) - MARGIN_S
+        lost = {n for n, at in self._lost_at.items() if at >= since}
         self._lost_at.clear()  # polled once more at most
         return HeldShards(self._held | lost, self.shards)
 
