@@ -6,11 +6,14 @@ key is known (for per-account statistics), before deciding whether it is genuine
 
 1. ``identify_*`` parses the credential and looks the key up
    (``IncompleteSignature``, ``MissingParameter``, ``InvalidAccessKeyId.NotFound``);
-2. ``verify_*`` checks, in this order: STS token and ``x-acs-accesskey-id``; for V3 that
-   ``host``, ``content-type`` and every ``x-acs-*`` header are signed; the date's format and
-   window; ``Content-MD5`` when sent; the body hash (V3); the signature, compared with
-   :func:`hmac.compare_digest`. It returns the nonce and how long it must be remembered; the
-   replay check itself belongs to the caller, which decides when a nonce counts as consumed.
+2. ``verify_*`` checks, in this order: STS token and ``x-acs-accesskey-id``; for V3 that ``host``,
+   every ``x-acs-*`` header and, when there is a body, ``content-type`` are signed (the official
+   SDK's calls of the current interactive-messaging family carry every parameter in the query and
+   no body, and aiohttp then adds an unsigned ``Content-Type: application/octet-stream`` after
+   signing: the cloud accepts that, so the emulator does too); the date's format and window;
+   ``Content-MD5`` when sent; the body hash (V3); the signature, compared with
+   :func:`hmac.compare_digest`. It returns the nonce and how long it must be remembered; the replay
+   check itself belongs to the caller, which decides when a nonce counts as consumed.
 
 For V3 the server's string to sign always uses the hash of the body actually received, so a
 tampered body reports ``SignatureDoesNotMatch`` with a string to sign the client can diff.
@@ -209,7 +212,9 @@ class Verifier:
             raise errors.incomplete_signature()
         for name in headers:
             lower = name.lower()
-            if lower not in signed and (lower.startswith("x-acs-") or lower == "content-type"):
+            if lower in signed:
+                continue
+            if lower.startswith("x-acs-") or (lower == "content-type" and body):
                 raise errors.incomplete_signature()
 
         date = headers.get("x-acs-date")

@@ -37,11 +37,14 @@ async def serve(config: EmulatorConfig, stop: asyncio.Event | None = None) -> in
         async with EmulatorServer(config) as server:
             print(server.url, flush=True)
             logger.info(
-                "emulator listening on %s: qps=%d, %d key(s), %d group(s), latency=%sms, faults=%s",
+                "emulator listening on %s: qps=%d, live-message-qps=%d, %d key(s), %d group(s), "
+                "%d current-family app(s), latency=%sms, faults=%s",
                 server.url,
                 config.qps,
+                config.live_message_qps,
                 len(config.keys),
                 len(config.groups),
+                len(config.apps),
                 config.latency,
                 config.faults or "none",
             )

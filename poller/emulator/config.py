@@ -14,7 +14,7 @@ from poller.core.clock import http_date
 
 from .accounts import DEFAULT_KEY, AccessKey, parse_access_key, parse_sts_key
 from .faults import FaultRates, Latency
-from .state import GroupSpec
+from .state import DATA_CENTERS, AppSpec, GroupSpec
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_PORT", "EmulatorConfig", "ServerClock", "build_parser"]
 
@@ -38,8 +38,15 @@ class EmulatorConfig:
     port: int = DEFAULT_PORT
     keys: tuple[AccessKey, ...] = (DEFAULT_KEY,)
     groups: tuple[GroupSpec, ...] = (DEFAULT_GROUP,)
+    apps: tuple[AppSpec, ...] = ()
+    """Apps of the current interactive-messaging family (``--app APP:DATACENTER``); the groups
+    of such an app belong to it."""
     qps: int = 100
-    """Per account, over every sliding one-second window; 0 = unlimited."""
+    """Per account and legacy action (``BatchGetOnlineUsers``, ...), over every sliding
+    one-second window; 0 = unlimited."""
+    live_message_qps: int = 50
+    """Per account and action of the current family (``CheckLiveMessageUsersInGroup``,
+    ``CheckLiveMessageUsersOnline``, ``ListLiveMessageGroupUsers``); 0 = unlimited."""
     online_fraction: float = 0.5
     churn_per_s: float = 0.0
     """Online/offline flips per second per configured group (0 = static membership)."""
@@ -72,8 +79,13 @@ class EmulatorConfig:
         pairs = [(g.app_id, g.group_id) for g in self.groups]
         if len(set(pairs)) != len(pairs):
             raise ValueError("each APP/GROUP may be given once")
+        app_ids = [a.app_id for a in self.apps]
+        if len(set(app_ids)) != len(app_ids):
+            raise ValueError("each --app may be given once")
         if self.qps < 0:
             raise ValueError("qps must be >= 0 (0 = unlimited)")
+        if self.live_message_qps < 0:
+            raise ValueError("live message qps must be >= 0 (0 = unlimited)")
         if not 0.0 <= self.online_fraction <= 1.0:
             raise ValueError("online fraction must be within [0, 1]")
         for name in ("churn_per_s", "hang_s"):
@@ -111,12 +123,15 @@ class EmulatorConfig:
             keys = [parse_access_key(s) for s in args.access_key]
             keys += [parse_sts_key(s) for s in args.sts_key]
             groups = [GroupSpec.parse(s) for s in args.group]
+            apps = [AppSpec.parse(s) for s in args.app]
             fields: dict[str, Any] = {
                 "host": args.host,
                 "port": args.port,
                 "keys": tuple(keys) or (DEFAULT_KEY,),
                 "groups": tuple(groups) if groups else (DEFAULT_GROUP,),
+                "apps": tuple(apps),
                 "qps": args.qps,
+                "live_message_qps": args.live_message_qps,
                 "online_fraction": args.online_fraction,
                 "churn_per_s": args.churn_per_s,
                 "seed": args.seed,
@@ -138,9 +153,11 @@ class EmulatorConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poller emulator",
-        description="Local emulator of the ApsaraVideo Live RPC endpoint (BatchGetOnlineUsers, "
-        "ListMessageGroupUser, JoinMessageGroup, LeaveMessageGroup). Prints its base URL as the "
-        "first line of stdout; inspection under /_emulator/.",
+        description="Local emulator of the ApsaraVideo Live RPC endpoint: the legacy "
+        "interactive-messaging actions (BatchGetOnlineUsers, ListMessageGroupUser, "
+        "JoinMessageGroup, LeaveMessageGroup) and the current family's presence actions "
+        "(CheckLiveMessageUsersInGroup, CheckLiveMessageUsersOnline, ListLiveMessageGroupUsers). "
+        "Prints its base URL as the first line of stdout; inspection under /_emulator/.",
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
@@ -165,9 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="APP/GROUP:N",
-        help="group with N members user-000001..., repeatable (default: demo-app/demo-group:1000)",
+        help="group with N members user-000001..., repeatable (default: demo-app/demo-group:1000);"
+        " a group of an --app app belongs to the current family",
     )
-    add("--qps", type=int, default=100, help="per account, sliding 1 s; 0 = unlimited")
+    add(
+        "--app",
+        action="append",
+        default=[],
+        metavar="APP:DATACENTER",
+        help="app of the current interactive-messaging family, repeatable; DATACENTER is "
+        f"{' or '.join(DATA_CENTERS)}",
+    )
+    add(
+        "--qps",
+        type=int,
+        default=100,
+        help="per account and legacy action (BatchGetOnlineUsers, ...), sliding 1 s; "
+        "0 = unlimited (default: %(default)s)",
+    )
+    add(
+        "--live-message-qps",
+        type=int,
+        default=50,
+        help="per account and current-family action (CheckLiveMessageUsersInGroup, "
+        "CheckLiveMessageUsersOnline, ListLiveMessageGroupUsers), sliding 1 s; 0 = unlimited "
+        "(default: %(default)s)",
+    )
     add("--online-fraction", type=float, default=0.5, help="share online at start")
     add("--churn-per-s", type=float, default=0.0, help="online/offline flips per second per group")
     add("--seed", type=int, default=0, help="seed of membership, churn, latency and faults")

@@ -10,6 +10,11 @@ gateway's JSON envelope (protocol.md §6.2)::
 Codes, HTTP statuses and messages follow protocol.md §6.3, using the recommended (bold) statuses
 where the documentation disagrees. Codes that no source pins down (``InvalidVersion``,
 ``ContentMD5NotMatched``, the STS codes) use the closest documented wording.
+
+The current interactive-messaging family (``…LiveMessage…`` actions) has its own business codes
+(api-family.md): 400 ``InputInvalid``, 403 ``NoAuth``, 404 ``ResourceNotExist``, 500
+``ServerError``. Their messages are the emulator's own wording (the reference gives none); the
+gateway's common codes (signature, throttling, ``MissingParameter``) are shared by both families.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
     "forbidden",
     "host_id_from",
     "incomplete_signature",
+    "input_invalid",
     "internal_error",
     "invalid_access_key",
     "invalid_action",
@@ -39,8 +45,11 @@ __all__ = [
     "missing_parameter",
     "missing_security_token",
     "new_request_id",
+    "no_auth",
     "nonce_used",
+    "resource_not_exist",
     "security_token_mismatch",
+    "server_error",
     "service_unavailable",
     "signature_mismatch",
     "throttled",
@@ -234,3 +243,27 @@ def service_unavailable() -> ApiError:
         503,
         "The request has failed due to a temporary failure of the server.",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The current interactive-messaging family (CheckLiveMessageUsers*, ListLiveMessageGroupUsers).
+
+
+def input_invalid(message: str) -> ApiError:
+    """400 ``InputInvalid``: a parameter is invalid (too many IDs, wrong data center, ...)."""
+    return ApiError("InputInvalid", 400, message)
+
+
+def no_auth() -> ApiError:
+    """403 ``NoAuth``: the caller is not granted the app."""
+    return ApiError("NoAuth", 403, "You are not authorized to operate on the specified resource.")
+
+
+def resource_not_exist(kind: str, name: str) -> ApiError:
+    """404 ``ResourceNotExist``: the app (or the group) does not exist."""
+    return ApiError("ResourceNotExist", 404, f"The specified {kind} {name!r} does not exist.")
+
+
+def server_error() -> ApiError:
+    """500 ``ServerError``: an unknown server error; retry later."""
+    return ApiError("ServerError", 500, "An unknown server error occurred. Try again later.")

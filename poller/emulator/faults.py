@@ -6,20 +6,24 @@ request, their sum at most 1):
 ==============  ===============================================================================
 ``500``         ``InternalError`` envelope, HTTP 500
 ``503``         ``ServiceUnavailable`` envelope, HTTP 503
+``server_error`` ``ServerError`` envelope, HTTP 500 (the current interactive-messaging family's
+                "unknown server error, retry later"; answered for legacy actions too)
 ``throttle``    spurious ``Throttling.User`` (400) with ``x-acs-retry-after`` (1-1000 ms)
 ``hang``        no answer for ``hang_s`` seconds, then the connection is closed
 ``reset_before`` connection reset (RST) before processing: the nonce is not consumed
 ``reset_after`` the request is processed (nonce consumed, state read), then the connection reset
 ``malformed``   either a 200 with truncated JSON or a 502 HTML error page (seeded choice)
-``partial``     a 200 whose ``OnlineUsers`` misses one requested UID, duplicates one, or adds
-                one that was not requested (seeded choice; BatchGetOnlineUsers only)
+``partial``     a 200 whose per-UID list (``OnlineUsers``, ``Users`` or ``UserList``) misses one
+                requested UID, duplicates one, or adds one that was not requested (seeded
+                choice; BatchGetOnlineUsers, CheckLiveMessageUsersInGroup and
+                CheckLiveMessageUsersOnline only: other actions answer normally)
 ==============  ===============================================================================
 
-Determinism: exactly one ``random()`` draw per eligible request (authenticated and admitted), in
-the order requests reach that point. The draw picks the kind by cumulative probability (kinds
-in the table's order) and its position inside the kind's slice, rescaled to ``[0, 1)``, is the
-``detail`` that drives every secondary choice; so the same seed gives the same sequence of kinds
-and variants, whatever the latency or the other traffic.
+Every kind applies to every action (both families). Determinism: exactly one ``random()`` draw per
+eligible request (authenticated and admitted), in the order requests reach that point. The draw
+picks the kind by cumulative probability (kinds in the table's order) and its position inside the
+kind's slice, rescaled to ``[0, 1)``, is the ``detail`` that drives every secondary choice; so the
+same seed gives the same sequence of kinds and variants, whatever the latency or the other traffic.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
 FAULT_KINDS: Final = (
     "500",
     "503",
+    "server_error",
     "throttle",
     "hang",
     "reset_before",
@@ -210,9 +215,12 @@ def truncate_json(body: bytes, detail: float) -> bytes:
 
 
 def partial_online_users(
-    users: list[dict[str, Any]], requested: list[str], detail: float
+    users: list[dict[str, Any]], requested: list[str], detail: float, *, join_time: bool = True
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Damage an ``OnlineUsers`` list: ``("missing"|"duplicate"|"extra", damaged copy)``."""
+    """Damage a per-UID answer list: ``("missing"|"duplicate"|"extra", damaged copy)``.
+
+    An extra entry is ``{"UserId", "Online": false}``, plus ``"JoinTime": 0`` with ``join_time``
+    (the legacy ``OnlineUsers`` shape)."""
     scaled = detail * 3
     variant = ("missing", "duplicate", "extra")[min(int(scaled), 2)]
     pick = scaled - int(scaled)
@@ -222,7 +230,10 @@ def partial_online_users(
         uid = f"extra-{int(pick * 1_000_000):06d}"
         while uid in taken:
             uid += "x"
-        out.insert(int(pick * (len(out) + 1)), {"UserId": uid, "Online": False, "JoinTime": 0})
+        extra: dict[str, Any] = {"UserId": uid, "Online": False}
+        if join_time:
+            extra["JoinTime"] = 0
+        out.insert(int(pick * (len(out) + 1)), extra)
         return "extra", out
     index = int(pick * len(out))
     if variant == "missing":

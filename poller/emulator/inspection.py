@@ -3,7 +3,8 @@
 These requests are not API requests: they are neither counted nor throttled nor faulted.
 
 =========================  ====================================================================
-``GET  /_emulator/stats``   ``{"total": {...}, "accounts": {...}, "faults_injected": {...}}``
+``GET  /_emulator/stats``   ``{"qps", "live_message_qps", "total": {...}, "accounts": {...},
+                            "actions": {...}, "faults_injected": {...}}`` (see below)
 ``POST /_emulator/reset``   zero statistics and throttle windows; ``{"members": true}`` also
                             rebuilds the configured groups, ``{"nonces": true}`` forgets nonces
 ``GET  /_emulator/faults``  current rates and seed
@@ -11,15 +12,25 @@ These requests are not API requests: they are neither counted nor throttled nor 
                             {"500": 0.1}}``, or an object of rates; ``{}``, ``""``, an empty body
                             or ``{"faults": ""}`` clear them. With ``seed`` the sequence restarts.
 ``GET  /_emulator/members`` ``?app_id=&group_id=``: members with ``online``/``join_time``;
-                            without parameters: a summary of every group
+                            without parameters: a summary of every group (``data_center`` is
+                            set for a group of a current-family app, else ``null``)
 ``POST /_emulator/members`` ``{"app_id", "group_id", "join": [...], "leave": [...], "online":
-                            [...], "offline": [...]}``, applied in that order
+                            [...], "offline": [...]}``, applied in that order; works for the
+                            groups of both families, and creates the group if needed
 ``GET  /_emulator/config``  the effective configuration, secrets left out
 ``GET  /_emulator/clock``   ``{"offset_s": ..., "time": ...}``: the gateway clock's offset from
                             the wall clock and its time (epoch seconds)
 ``POST /_emulator/clock``   ``{"offset_s": -3600}``: step the gateway's clock (date checks, nonce
                             expiry, the ``Date`` header; membership times are unaffected)
 =========================  ====================================================================
+
+Statistics: ``total`` counts every API request; ``accounts[NAME]`` the requests of a known key of
+that account; ``actions[ACTION]`` (every known action, zeros until called) the requests naming
+that action, with its limit ``qps`` and ``accounts[NAME]``, the block of that (account, action)
+pair, the unit the limiter meters (so ``max_admitted_in_any_1s_window`` there never exceeds
+``qps``). Each block has ``requests_total``, ``admitted_total``, ``throttled_total``,
+``no_response_total``, ``responses_by_code``, ``responses_by_status``,
+``max_requests_in_any_1s_window`` and ``max_admitted_in_any_1s_window``.
 """
 
 from __future__ import annotations
@@ -84,10 +95,10 @@ def _guard(emulator: Emulator, methods: dict[str, Endpoint]) -> Handler:
                 raise errors.unsupported_method()
             return await method(emulator, request)
         except errors.ApiError as exc:
-            return emulator.error_response(request, rid, exc, None)
+            return emulator.error_response(request, rid, exc)
         except Exception:
             logger.exception("internal error in %s %s", request.method, request.path)
-            return emulator.error_response(request, rid, errors.internal_error(), None)
+            return emulator.error_response(request, rid, errors.internal_error())
 
     return handler
 
@@ -206,6 +217,8 @@ async def _get_config(emulator: Emulator, request: web.Request) -> web.StreamRes
             "host": config.host,
             "port": config.port,
             "qps": config.qps,
+            "live_message_qps": config.live_message_qps,
+            "apps": [{"app_id": a.app_id, "data_center": a.data_center} for a in config.apps],
             "keys": [
                 {
                     "access_key_id": k.key_id,

@@ -8,6 +8,10 @@ the GIL) and offers its inspection API synchronously::
         config = emulator.poller_config()
         ...
         assert emulator.stats()["total"]["throttled_total"] == 0
+
+For the current interactive-messaging family declare the app and its data center, e.g.
+``EmulatorProcess("--app", "live:cn-shanghai", "--group", "live/room:500")``, and read that
+action's meter with ``emulator.action_stats("CheckLiveMessageUsersInGroup")``.
 """
 
 from __future__ import annotations
@@ -164,6 +168,18 @@ class EmulatorProcess:
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", "/_emulator/stats")
+        return result
+
+    def action_stats(self, action: str, account: str | None = None) -> dict[str, Any]:
+        """The statistics of one action (``BatchGetOnlineUsers``, ``CheckLiveMessageUsersInGroup``
+        ...) over every account, or of one (account, action) pair: the limiter's unit. Each has
+        ``max_requests_in_any_1s_window``, ``max_admitted_in_any_1s_window``,
+        ``throttled_total`` and the other counters; the first form also ``qps``, its limit."""
+        block: dict[str, Any] = self.stats()["actions"][action]
+        if account is None:
+            return block
+        empty = {"requests_total": 0, "throttled_total": 0, "max_requests_in_any_1s_window": 0}
+        result: dict[str, Any] = block["accounts"].get(account, empty)
         return result
 
     def reset(self, *, nonces: bool = False) -> None:

@@ -6,19 +6,24 @@ Check order for an API request (``/``), first failure wins:
    is a space);
 2. routing: Action (``x-acs-action`` for V3, ``Action`` for V1) and Version known
    (``MissingParameter``, 404 ``InvalidAction.NotFound``, ``InvalidVersion``) — the gateway must
-   know the API before it can look up its policies;
+   know the API before it can look up its policies; from here the request counts in its
+   action's statistics;
 3. credential parsed and key found (``IncompleteSignature``, 404 ``InvalidAccessKeyId.NotFound``);
-   from here the request counts in its account's statistics;
+   from here the request counts in its account's statistics (overall and under its action);
 4. STS token, signed-header policy, date format and window, Content-MD5, body hash, signature
    (:mod:`.auth`); then the nonce must be unused within the window (``SignatureNonceUsed``);
-5. **throttling**: the account's sliding window (400 ``Throttling.User`` + ``x-acs-retry-after``).
-   It sits after authentication because a budget can only be charged to a known, genuine caller,
-   and before RAM and parameter checks because the real gateway meters calls, not successes;
+5. **throttling**: the sliding window of the (account, action) pair (400 ``Throttling.User`` +
+   ``x-acs-retry-after``): ``qps`` for each legacy action, ``live_message_qps`` for each action
+   of the current family. It sits after authentication because a budget can only be charged to
+   a known, genuine caller, and before RAM and parameter checks because the real gateway meters
+   calls, not successes;
 6. fault draw (authenticated, admitted requests only) — ``reset_before`` aborts here, before the
    nonce is recorded;
 7. the nonce is recorded (throttled requests record theirs too);
-8. the action: ``AppId`` present, RAM grant (403 ``Forbidden``), other parameters, work
-   (:mod:`.actions`); then ``malformed``/``partial``/``reset_after`` faults shape the answer;
+8. the action: ``AppId`` present, RAM grant (403 ``Forbidden``; ``NoAuth`` for the current
+   family), other parameters, work (:mod:`.actions`); then ``malformed``/``partial``/
+   ``reset_after`` faults shape the answer. Legacy answers are ``{"RequestId", "Result"}``, the
+   current family's ``{"RequestId", ...top-level fields}``;
 9. the configured latency, then the response, dated (``Date``) by the gateway's clock
    (:class:`.config.ServerClock`). Any unexpected exception is a 500 ``InternalError`` envelope.
 """
@@ -29,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any, Self
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -39,7 +45,7 @@ from poller.wire.signing import API_VERSION
 
 from . import errors, inspection
 from .accounts import AccessKey, KeyStore, NonceStore
-from .actions import ACTIONS, split_user_ids
+from .actions import ACTIONS, LIVE_MESSAGE_ACTIONS, USER_LISTS
 from .auth import AuthResult, Verifier
 from .config import EmulatorConfig, ServerClock
 from .errors import JSON_CONTENT_TYPE, ApiError
@@ -113,8 +119,14 @@ class Emulator:
             churn_per_s=config.churn_per_s,
             seed=config.seed,
             wall_clock=config.wall_clock,
+            apps=config.apps,
         )
-        self.stats = Stats(config.qps)
+        self.stats = Stats(
+            config.qps,
+            dict.fromkeys(LIVE_MESSAGE_ACTIONS, config.live_message_qps),
+            live_message_qps=config.live_message_qps,
+            known_actions=ACTIONS,
+        )
         self.faults = FaultInjector(config.faults, config.effective_fault_seed)
         self.latency = config.latency
         self._latency_rng = random.Random(f"latency/{config.seed}")
@@ -132,10 +144,15 @@ class Emulator:
         return errors.host_id_from(request.headers.get("Host"), self.config.host)
 
     def error_response(
-        self, request: web.BaseRequest, rid: str, exc: ApiError, block: StatsBlock | None
+        self,
+        request: web.BaseRequest,
+        rid: str,
+        exc: ApiError,
+        blocks: Sequence[StatsBlock] = (),
     ) -> web.Response:
-        if block is not None or request.path == "/":
-            self.stats.responded(block, exc.code, exc.status)
+        """The envelope; counted (in total and ``blocks``) for API requests only."""
+        if blocks or request.path == "/":
+            self.stats.responded(blocks, exc.code, exc.status)
         headers = {"Content-Type": JSON_CONTENT_TYPE, "x-acs-request-id": rid, **exc.headers}
         body = errors.error_body(rid, self.host_id(request), exc.code, exc.message)
         return web.Response(status=exc.status, body=body, headers=headers)
@@ -146,25 +163,24 @@ class Emulator:
         arrival = self._mono()
         rid = self.new_request_id()
         self.stats.total.arrive(arrival)
-        holder: list[StatsBlock] = []
+        blocks: list[StatsBlock] = []  # besides total: action, account, account under action
         try:
-            response = await self._process(request, rid, arrival, holder)
+            response = await self._process(request, rid, arrival, blocks)
         except ApiError as exc:
-            response = self.error_response(request, rid, exc, holder[0] if holder else None)
+            response = self.error_response(request, rid, exc, blocks)
         except (NoResponse, ConnectionError):
-            self.stats.no_response(holder[0] if holder else None)
+            self.stats.no_response(blocks)
             return web.Response()  # the transport is gone: this is never written
         except Exception:
             logger.exception("internal error while handling request %s", rid)
-            block = holder[0] if holder else None
-            response = self.error_response(request, rid, errors.internal_error(), block)
+            response = self.error_response(request, rid, errors.internal_error(), blocks)
         if self.latency:
             await asyncio.sleep(self.latency.sample_s(self._latency_rng))
         response.headers["Date"] = self.clock.http_date()
         return response
 
     async def _process(
-        self, request: web.Request, rid: str, arrival: float, holder: list[StatsBlock]
+        self, request: web.Request, rid: str, arrival: float, blocks: list[StatsBlock]
     ) -> web.Response:
         """Steps 1-4 and 8 of the check order above; :meth:`_admit` does 5-7, the caller 9."""
         method = request.method
@@ -193,50 +209,61 @@ class Emulator:
             raise errors.missing_parameter("Version")
         if version != API_VERSION:
             raise errors.invalid_version()
+        action_block = self.stats.action(action_name)
+        action_block.arrive(arrival)
+        blocks.append(action_block)
 
         now = self.clock.now()
         auth: AuthResult
         if v1:
             key = self.verifier.identify_v1(params)
-            block = self._attribute(key.account, arrival, holder)
+            self._attribute(key.account, action_name, arrival, blocks)
             auth = self.verifier.verify_v1(
                 key, method=method, headers=headers, params=params, body=body, now=now
             )
         else:
             v3auth, key = self.verifier.identify_v3(headers)
-            block = self._attribute(key.account, arrival, holder)
+            self._attribute(key.account, action_name, arrival, blocks)
             auth = self.verifier.verify_v3(
                 v3auth, key, method=method, headers=headers, query=query, body=body, now=now
             )
         if self.nonces.is_used(key.key_id, auth.nonce, now):
             raise errors.nonce_used()
 
-        fault = self._admit(request, key, auth, block, arrival, now)
+        fault = self._admit(request, key, action_name, auth, blocks, arrival, now)
         if fault is not None:
-            await self._early_fault(fault, request)
+            await self._early_fault(fault, request, action_name)
         result = action(self.state, params, key)
         if fault is not None:
-            return self._late_fault(fault, request, rid, action_name, params, result, block)
-        self.stats.responded(block, "OK", 200)
-        return self._ok(rid, orjson.dumps({"RequestId": rid, "Result": result}))
+            return self._late_fault(fault, request, rid, action_name, params, result, blocks)
+        self.stats.responded(blocks, "OK", 200)
+        return self._ok(rid, self._answer(rid, action_name, result))
+
+    @staticmethod
+    def _answer(rid: str, action_name: str, result: dict[str, Any]) -> bytes:
+        """A success body: legacy ``{"RequestId", "Result"}``, current family top-level."""
+        if action_name in LIVE_MESSAGE_ACTIONS:
+            return orjson.dumps({"RequestId": rid, **result})
+        return orjson.dumps({"RequestId": rid, "Result": result})
 
     def _admit(
         self,
         request: web.Request,
         key: AccessKey,
+        action_name: str,
         auth: AuthResult,
-        block: StatsBlock,
+        blocks: list[StatsBlock],
         arrival: float,
         now: float,
     ) -> FaultDecision | None:
         """Throttle (5), draw a fault (6), record the nonce (7): the fault to apply, if any."""
-        retry_after = self.stats.limiter(key.account).try_acquire(arrival)
+        limiter = self.stats.limiter(key.account, action_name)
+        retry_after = limiter.try_acquire(arrival)
         if retry_after:
             self.nonces.record(key.key_id, auth.nonce, auth.nonce_expiry, now)
-            self.stats.throttled(block)
-            raise errors.throttled(retry_after, self.config.qps)
-        self.stats.total.admit(arrival)
-        block.admit(arrival)
+            self.stats.throttled(blocks)
+            raise errors.throttled(retry_after, limiter.qps)
+        self.stats.admit(blocks, arrival)
 
         fault = self.faults.draw()
         if fault is not None and fault.kind == "reset_before":
@@ -246,11 +273,15 @@ class Emulator:
         self.nonces.record(key.key_id, auth.nonce, auth.nonce_expiry, now)
         return fault
 
-    def _attribute(self, account: str, arrival: float, holder: list[StatsBlock]) -> StatsBlock:
-        block = self.stats.account(account)
-        block.arrive(arrival)
-        holder.append(block)
-        return block
+    def _attribute(
+        self, account: str, action_name: str, arrival: float, blocks: list[StatsBlock]
+    ) -> None:
+        for block in (
+            self.stats.account(account),
+            self.stats.account_action(account, action_name),
+        ):
+            block.arrive(arrival)
+            blocks.append(block)
 
     @staticmethod
     def _ok(rid: str, body: bytes) -> web.Response:
@@ -261,7 +292,9 @@ class Emulator:
     def _count_fault(self, fault: FaultDecision) -> None:
         self.stats.faults_injected[fault.kind] += 1
 
-    async def _early_fault(self, fault: FaultDecision, request: web.Request) -> None:
+    async def _early_fault(
+        self, fault: FaultDecision, request: web.Request, action_name: str
+    ) -> None:
         """Faults that replace processing: 5xx, spurious throttling, hang."""
         kind = fault.kind
         if kind == "500":
@@ -270,9 +303,12 @@ class Emulator:
         if kind == "503":
             self._count_fault(fault)
             raise errors.service_unavailable()
+        if kind == "server_error":
+            self._count_fault(fault)
+            raise errors.server_error()
         if kind == "throttle":
             self._count_fault(fault)
-            raise errors.throttled(1 + int(fault.detail * 1000), self.config.qps)
+            raise errors.throttled(1 + int(fault.detail * 1000), self.stats.qps_of(action_name))
         if kind == "hang":
             self._count_fault(fault)
             with contextlib.suppress(TimeoutError):
@@ -288,7 +324,7 @@ class Emulator:
         action_name: str,
         params: dict[str, str],
         result: dict[str, Any],
-        block: StatsBlock,
+        blocks: list[StatsBlock],
     ) -> web.Response:
         """Faults that shape (or drop) an answer that was fully computed."""
         kind = fault.kind
@@ -296,31 +332,37 @@ class Emulator:
             self._count_fault(fault)
             abort(request, rst=True)
             raise NoResponse
-        if kind == "partial" and action_name == "BatchGetOnlineUsers":
+        list_key = USER_LISTS.get(action_name)
+        if kind == "partial" and list_key is not None:
             self._count_fault(fault)
-            uids = split_user_ids(params["UserIds"])
-            _, damaged = partial_online_users(result["OnlineUsers"], uids, fault.detail)
-            result = {**result, "OnlineUsers": damaged}
+            uids = params["UserIds"].split(",")  # validated by the action
+            _, damaged = partial_online_users(
+                result[list_key],
+                uids,
+                fault.detail,
+                join_time=action_name not in LIVE_MESSAGE_ACTIONS,
+            )
+            result = {**result, list_key: damaged}
         elif kind == "malformed":
             self._count_fault(fault)
             if fault.detail < 0.5:
-                body = orjson.dumps({"RequestId": rid, "Result": result})
-                self.stats.responded(block, "Malformed", 200)
+                body = self._answer(rid, action_name, result)
+                self.stats.responded(blocks, "Malformed", 200)
                 return self._ok(rid, truncate_json(body, fault.detail * 2))
-            self.stats.responded(block, "Malformed", 502)
+            self.stats.responded(blocks, "Malformed", 502)
             return web.Response(
                 status=502,
                 body=HTML_ERROR_PAGE,
                 headers={"Content-Type": "text/html", "x-acs-request-id": rid},
             )
-        self.stats.responded(block, "OK", 200)
-        return self._ok(rid, orjson.dumps({"RequestId": rid, "Result": result}))
+        self.stats.responded(blocks, "OK", 200)
+        return self._ok(rid, self._answer(rid, action_name, result))
 
     # ------------------------------------------------------------------------ other paths
 
     async def handle_not_found(self, request: web.Request) -> web.StreamResponse:
         rid = self.new_request_id()
-        return self.error_response(request, rid, errors.invalid_action(), None)
+        return self.error_response(request, rid, errors.invalid_action())
 
 
 EMULATOR_KEY: web.AppKey[Emulator] = web.AppKey("poller_emulator", Emulator)

@@ -1,4 +1,10 @@
-"""Per-account QPS enforcement over sliding one-second windows, and the request statistics.
+"""Per-account, per-action QPS over sliding one-second windows, and the request statistics.
+
+Budgets: every (account, action) pair has its own limiter, as on the real cloud, where each API
+has its own per-account QPS: ``--qps`` for each legacy action (``BatchGetOnlineUsers`` and the
+others), ``--live-message-qps`` for each action of the current interactive-messaging family. A
+``BatchGetOnlineUsers`` call never spends a ``CheckLiveMessageUsersInGroup`` budget, nor the
+other way round.
 
 Window semantics (used both for enforcement and for the statistics): a one-second window is the
 half-open interval ``(t - 1 s, t]``. A request arriving at ``t`` is admitted when fewer than
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = ["SlidingWindowLimiter", "Stats", "StatsBlock", "WindowMax"]
@@ -120,22 +127,41 @@ class StatsBlock:
 
 
 class Stats:
-    """Totals, per-account blocks, per-account limiters and injected-fault counts.
+    """Totals, per-account and per-action blocks, limiters and injected-fault counts.
 
-    A request counts in ``total`` on arrival and in its account's block once its key is known
-    (even if the signature then fails). ``responses_by_code`` counts the cloud ``Code`` of each
-    answer, ``"OK"`` for successes (partial answers included) and ``"Malformed"`` for injected
-    malformed bodies; hangs and resets send no answer and count in ``no_response_total``.
-    ``throttled_total`` counts genuine limiter refusals only; injected spurious throttling shows
-    in ``responses_by_code`` and ``faults_injected["throttle"]``.
+    A request counts in ``total`` on arrival, in its action's block once the action is known (a
+    known ``Action``/``x-acs-action`` and version), and in its account's block and in the account's
+    block under its action once its key is known (even if the signature then fails).
+    ``responses_by_code`` counts the cloud ``Code`` of each answer, ``"OK"`` for successes (partial
+    answers included) and ``"Malformed"`` for injected malformed bodies; hangs and resets send no
+    answer and count in ``no_response_total``. ``throttled_total`` counts genuine limiter refusals
+    only; injected spurious throttling shows in ``responses_by_code`` and
+    ``faults_injected["throttle"]``.
     """
 
-    def __init__(self, qps: int) -> None:
+    def __init__(
+        self,
+        qps: int,
+        action_qps: Mapping[str, int] | None = None,
+        *,
+        live_message_qps: int | None = None,
+        known_actions: Iterable[str] = (),
+    ) -> None:
+        """``qps``: the limit of any action not in ``action_qps`` (the legacy ones);
+        ``known_actions`` appear in :meth:`as_dict` even before their first call."""
         self.qps = qps
+        self.live_message_qps = live_message_qps
+        self.action_qps: dict[str, int] = dict(action_qps or {})
+        self.known_actions = tuple(known_actions)
         self.total = StatsBlock()
         self.accounts: dict[str, StatsBlock] = {}
-        self.limiters: dict[str, SlidingWindowLimiter] = {}
+        self.actions: dict[str, StatsBlock] = {}
+        self.account_actions: dict[tuple[str, str], StatsBlock] = {}
+        self.limiters: dict[tuple[str, str], SlidingWindowLimiter] = {}
         self.faults_injected: Counter[str] = Counter()
+
+    def qps_of(self, action: str) -> int:
+        return self.action_qps.get(action, self.qps)
 
     def account(self, name: str) -> StatsBlock:
         block = self.accounts.get(name)
@@ -143,40 +169,78 @@ class Stats:
             block = self.accounts[name] = StatsBlock()
         return block
 
-    def limiter(self, name: str) -> SlidingWindowLimiter:
-        limiter = self.limiters.get(name)
+    def action(self, name: str) -> StatsBlock:
+        block = self.actions.get(name)
+        if block is None:
+            block = self.actions[name] = StatsBlock()
+        return block
+
+    def account_action(self, account: str, action: str) -> StatsBlock:
+        block = self.account_actions.get((account, action))
+        if block is None:
+            block = self.account_actions[(account, action)] = StatsBlock()
+        return block
+
+    def limiter(self, account: str, action: str) -> SlidingWindowLimiter:
+        limiter = self.limiters.get((account, action))
         if limiter is None:
-            limiter = self.limiters[name] = SlidingWindowLimiter(self.qps)
+            limiter = SlidingWindowLimiter(self.qps_of(action))
+            self.limiters[(account, action)] = limiter
         return limiter
 
-    def responded(self, block: StatsBlock | None, code: str, status: int) -> None:
+    def admit(self, blocks: Iterable[StatsBlock], now: float) -> None:
+        self.total.admit(now)
+        for block in blocks:
+            block.admit(now)
+
+    def responded(self, blocks: Iterable[StatsBlock], code: str, status: int) -> None:
         status_key = str(status)
-        for b in (self.total, block) if block is not None else (self.total,):
+        for b in (self.total, *blocks):
             b.responses_by_code[code] += 1
             b.responses_by_status[status_key] += 1
 
-    def throttled(self, block: StatsBlock) -> None:
+    def throttled(self, blocks: Iterable[StatsBlock]) -> None:
         """A genuine refusal by the limiter (injected spurious throttling is not counted)."""
         self.total.throttled_total += 1
-        block.throttled_total += 1
+        for block in blocks:
+            block.throttled_total += 1
 
-    def no_response(self, block: StatsBlock | None) -> None:
+    def no_response(self, blocks: Iterable[StatsBlock]) -> None:
         self.total.no_response_total += 1
-        if block is not None:
+        for block in blocks:
             block.no_response_total += 1
 
     def reset(self) -> None:
         """Zero every counter and empty the throttle windows."""
         self.total = StatsBlock()
         self.accounts = {}
+        self.actions = {}
+        self.account_actions = {}
         for limiter in self.limiters.values():
             limiter.reset()
         self.faults_injected = Counter()
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "qps": self.qps,
-            "total": self.total.as_dict(),
-            "accounts": {name: block.as_dict() for name, block in sorted(self.accounts.items())},
-            "faults_injected": dict(self.faults_injected),
-        }
+        """The ``/_emulator/stats`` document."""
+        names = sorted({*self.known_actions, *self.actions})
+        actions: dict[str, Any] = {}
+        for name in names:
+            block = self.actions.get(name) or StatsBlock()
+            accounts = {
+                account: b.as_dict()
+                for (account, action), b in sorted(self.account_actions.items())
+                if action == name
+            }
+            actions[name] = {"qps": self.qps_of(name), **block.as_dict(), "accounts": accounts}
+        out: dict[str, Any] = {"qps": self.qps}
+        if self.live_message_qps is not None:
+            out["live_message_qps"] = self.live_message_qps
+        out.update(
+            {
+                "total": self.total.as_dict(),
+                "accounts": {n: b.as_dict() for n, b in sorted(self.accounts.items())},
+                "actions": actions,
+                "faults_injected": dict(self.faults_injected),
+            }
+        )
+        return out

@@ -315,6 +315,7 @@ def test_fault_kinds_are_the_documented_ones() -> None:
     assert FAULT_KINDS == (
         "500",
         "503",
+        "server_error",
         "throttle",
         "hang",
         "reset_before",

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from poller.emulator import EmulatorConfig, EmulatorServer, build_app
+from poller.emulator import EmulatorConfig, EmulatorServer, actions, build_app
 
 from .conftest import batch_params, call, inspect
 
@@ -28,10 +28,25 @@ async def test_stats_shape_and_inspection_is_not_counted(
     await call(session, server, batch_params(["user-000001"]))
     for _ in range(3):
         stats = await inspect(session, server, "stats")
-    assert set(stats) == {"qps", "total", "accounts", "faults_injected"}
+    assert set(stats) == {
+        "qps",
+        "live_message_qps",
+        "total",
+        "accounts",
+        "actions",
+        "faults_injected",
+    }
     assert set(stats["total"]) == STATS_KEYS
     assert set(stats["accounts"]) == {"default"}
     assert set(stats["accounts"]["default"]) == STATS_KEYS
+    assert set(stats["actions"]) == set(actions.ACTIONS)
+    batch = stats["actions"]["BatchGetOnlineUsers"]
+    assert set(batch) == STATS_KEYS | {"qps", "accounts"}
+    assert batch["qps"] == 100 and batch["requests_total"] == 1
+    assert set(batch["accounts"]) == {"default"}
+    assert set(batch["accounts"]["default"]) == STATS_KEYS
+    live = stats["actions"]["CheckLiveMessageUsersInGroup"]
+    assert live["qps"] == 50 and live["requests_total"] == 0 and live["accounts"] == {}
     assert stats["total"]["requests_total"] == 1
     assert stats["total"]["responses_by_code"] == {"OK": 1}
     assert stats["total"]["responses_by_status"] == {"200": 1}
