@@ -474,8 +474,10 @@ def test_half_credentials_are_a_credentials_value_but_not_a_config() -> None:
 
 
 def test_a_missing_required_key_names_its_type() -> None:
-    with pytest.raises(ConfigError, match=r"'targets\[0\]\.group_id': required; expected str"):
-        parse_config({"targets": [{"app_id": "a"}]})
+    with pytest.raises(ConfigError, match=r"'targets\[0\]\.app_id': required; expected str"):
+        parse_config({"targets": [{"group_id": "g"}]})
+    with pytest.raises(ConfigError, match=r"'targets\[0\]\.group_id': required, a non-empty"):
+        parse_config({"targets": [{"app_id": "a"}]})  # a group API needs a group
 
 
 @pytest.mark.parametrize(

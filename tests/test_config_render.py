@@ -128,7 +128,8 @@ def test_check_config_format() -> None:
     ]
     # entries leave out what is unset
     assert text.endswith(
-        '\n[[targets]]\napp_id = "a"\ngroup_id = "g"\nuids = ["u1"]\ndiscover = false\n'
+        '\n[[targets]]\napp_id = "a"\ngroup_id = "g"\napi = "BatchGetOnlineUsers"\n'
+        'uids = ["u1"]\ndiscover = false\n'
         '\n[[sinks]]\nkind = "stdout"\nfsync = false\n'
     )
     tomllib.loads(text)  # masked output is still TOML

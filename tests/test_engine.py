@@ -87,13 +87,28 @@ async def test_reconfigure_during_a_sweep_is_refused() -> None:
         await sweep.aclose()
 
 
-async def test_records_carry_the_api_and_other_backends_are_refused_for_now() -> None:
-    async with make(ScriptedFetcher()) as poller:
-        [record] = [r async for r in poller.sweep(TARGET, ["u1"])]
-        assert record["api"] == "BatchGetOnlineUsers" and record["group_id"] == "group"
-        other = Target("app", "group", api="CheckLiveMessageUsersInGroup", data_center="cn-x")
-        with pytest.raises(ConfigError, match="not supported yet"):
-            [r async for r in poller.sweep(other, ["u1"])]
+async def test_each_api_polls_in_its_batch_size_on_its_own_meter() -> None:
+    fetcher = ScriptedFetcher()
+    uids = [f"u{i:02d}" for i in range(25)]
+    in_group = Target("app", "group", api="CheckLiveMessageUsersInGroup", data_center="cn-x")
+    app_wide = Target("app", api="CheckLiveMessageUsersOnline")
+    async with make(fetcher) as poller:
+        legacy = [r async for r in poller.sweep(TARGET, uids)]
+        assert [len(b.uids) for b in fetcher.calls] == [20, 5]
+        assert {(r["api"], r["group_id"], r["join_time"]) for r in legacy} == {  # type: ignore[typeddict-item]
+            ("BatchGetOnlineUsers", "group", 3)
+        }
+        fetcher.calls.clear()
+        newer = [r async for r in poller.sweep(in_group, uids)]
+        assert [len(b.uids) for b in fetcher.calls] == [10, 10, 5]
+        # the current family's answers have no join time: the records say null
+        assert {(r["api"], r["join_time"]) for r in newer} == {  # type: ignore[typeddict-item]
+            ("CheckLiveMessageUsersInGroup", None)
+        }
+        whole_app = [r async for r in poller.sweep(app_wide, uids[:3])]
+        assert {r["group_id"] for r in whole_app} == {None}
+        meters = {poller.meter_for(t.api) for t in (TARGET, in_group, app_wide)}
+        assert len(meters) == 3 and poller.rate_meter is poller.meter_for(TARGET.api)
 
 
 def test_target_identity_is_api_app_and_group() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from poller.config import PollerConfig, load_config, render_toml
+from poller.core.apis import API_ACTIONS
 from poller.core.errors import ConfigError, PollerError, SinkError
 
 from .exits import (
@@ -115,16 +116,17 @@ def _cluster_command(args: argparse.Namespace) -> int:
         raise ConfigError(
             "no [cluster] section: this poller is not part of a fleet", source=args.config
         )
-    from poller.core.records import LEGACY_API
     from poller.fleet import FleetUnavailable, account_of
     from poller.fleet.status import read_cluster, render_cluster
     from poller.wire.credentials import resolve_credentials
-    from poller.wire.discovery import LIST_ACTION
+    from poller.wire.discovery import LIST_ACTION, LIVE_LIST_ACTION
 
     key_id = None if cluster.account else resolve_credentials(config.credentials).access_key_id
     account = account_of(cluster, key_id)
     try:
-        view = asyncio.run(read_cluster(cluster, account, (LEGACY_API, LIST_ACTION)))
+        view = asyncio.run(
+            read_cluster(cluster, account, (*sorted(API_ACTIONS), LIST_ACTION, LIVE_LIST_ACTION))
+        )
     except FleetUnavailable as exc:
         print_error(f"cannot read the fleet from Redis: {exc}")
         return EX_UNAVAILABLE
@@ -207,7 +209,17 @@ def _parser() -> argparse.ArgumentParser:
     src = once.add_mutually_exclusive_group()
     src.add_argument("--uids", help="comma-separated user IDs")
     src.add_argument("--uids-file", help="file with one user ID per line, or - for stdin")
-    once.add_argument("--target", help="APP/GROUP to poll (default: the configured target)")
+    once.add_argument(
+        "--target", help="APP/GROUP to poll, APP for an app-wide --api (default: the config's)"
+    )
+    once.add_argument(
+        "--api",
+        choices=sorted(API_ACTIONS),
+        help="the presence action of --target (default BatchGetOnlineUsers)",
+    )
+    once.add_argument(
+        "--data-center", help="the app's data center for the current API family, e.g. cn-shanghai"
+    )
     once.add_argument("--output", help="append JSON Lines to this file instead of stdout")
     once.add_argument("--endpoint", help="override api.endpoint (host[:port])")
     once.add_argument("--protocol", choices=("https", "http"), help="override api.protocol")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from poller.config import PollerConfig, TargetConfig, load_config
+from poller.core.apis import LEGACY_API, api_spec
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import AuthError, ConfigError, SinkError
 from poller.core.stats import SweepStats
@@ -49,10 +50,9 @@ def _plans(args: argparse.Namespace, config: PollerConfig) -> list[Plan]:
     elif args.uids_file is not None:
         given = Stdin() if args.uids_file == "-" else UidFile(Path(args.uids_file))
     if args.target:
-        app, sep, group = args.target.partition("/")
-        if not sep or not app or not group:
-            raise ConfigError(f"--target must be APP/GROUP, got {args.target!r}")
-        targets: list[TargetConfig] = [TargetConfig(app_id=app, group_id=group)]
+        targets: list[TargetConfig] = [_target(args)]
+    elif args.api or args.data_center:
+        raise ConfigError("--api and --data-center describe --target: pass --target too")
     else:
         targets = list(config.targets)
     if not targets:
@@ -62,6 +62,22 @@ def _plans(args: argparse.Namespace, config: PollerConfig) -> list[Plan]:
     if len(targets) != 1:
         raise ConfigError("--uids/--uids-file need exactly one target; pass --target APP/GROUP")
     return [Plan(targets[0].target, given)]
+
+
+def _target(args: argparse.Namespace) -> TargetConfig:
+    """``--target APP/GROUP`` (``APP`` for an app-wide API) with ``--api``, ``--data-center``."""
+    api = args.api or LEGACY_API
+    app, sep, group = args.target.partition("/")
+    if api_spec(api).app_wide:
+        if sep or not app:
+            raise ConfigError(f"--target must be APP for {api} (no group), got {args.target!r}")
+        return TargetConfig(app_id=app, api=api, data_center=args.data_center)
+    if not sep or not app or not group:
+        raise ConfigError(f"--target must be APP/GROUP, got {args.target!r}")
+    try:
+        return TargetConfig(app_id=app, group_id=group, api=api, data_center=args.data_center)
+    except ConfigError as exc:  # e.g. a data center for the legacy API
+        raise ConfigError(f"--{(exc.key or 'target').replace('_', '-')}: {exc.message}") from None
 
 
 def _sinks(args: argparse.Namespace, config: PollerConfig) -> list[Sink]:

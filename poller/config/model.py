@@ -23,11 +23,13 @@ Metadata keys the loader and the renderer read:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
+from poller.core.apis import API_SPECS, APP_ONLINE_API, IN_GROUP_API, LEGACY_API, api_spec
 from poller.core.errors import ConfigError
 from poller.core.records import Target
 from poller.core.retry import (
@@ -143,6 +145,18 @@ def _redis_url(value: str) -> str | None:
         got = f"; got {mask_url(value)!r}" if sep else " (it has no scheme)"
         return f"must be a redis://host:port/db, rediss://host:port/db or unix:///path URL{got}"
     return None
+
+
+def _api_name(value: str) -> str | None:
+    if value in API_SPECS:
+        return None
+    return f"unknown API {value!r}; one of {', '.join(sorted(API_SPECS))}"
+
+
+def _data_center(value: str | None) -> str | None:
+    if value is None or re.fullmatch(r"[a-z]{2}(-[a-z0-9]+)+", value):
+        return None
+    return f"must be a region ID such as cn-shanghai or ap-southeast-1; got {value!r}"
 
 
 def _key_part(value: str) -> str | None:
@@ -290,8 +304,13 @@ class CredentialsConfig(_Checked):
 class LimitsConfig(_Checked):
     key_prefix: ClassVar[str] = "limits"
 
-    #: The account's budget for this API, requests per second (shared by every caller).
-    qps: float = field(default=100.0, metadata=FINITE_GT_0)
+    #: The account's budget for BatchGetOnlineUsers, requests per second (shared by every
+    #: caller). Each presence action has its own budget in the cloud, and its own key here.
+    qps: float = field(default=API_SPECS[LEGACY_API].qps, metadata=FINITE_GT_0)
+    #: The account's budget for CheckLiveMessageUsersInGroup.
+    in_group_qps: float = field(default=API_SPECS[IN_GROUP_API].qps, metadata=FINITE_GT_0)
+    #: The account's budget for CheckLiveMessageUsersOnline.
+    app_online_qps: float = field(default=API_SPECS[APP_ONLINE_API].qps, metadata=FINITE_GT_0)
     #: Requests on the wire at once (1-1024: at 100 requests/s and a 10 s timeout at most 1,000
     #: can be outstanding).
     max_in_flight: int = field(default=64, metadata=_between(1, 1024))
@@ -299,8 +318,14 @@ class LimitsConfig(_Checked):
     window_margin_ms: float = field(default=20.0, metadata=FINITE_GE_0)
     #: Slow down on throttling (multiplicative decrease, gradual recovery).
     adaptive: bool = True
-    #: ListMessageGroupUser pages per second for discovery targets (its own, separate budget).
+    #: Member-list pages per second for discovery targets, per list action
+    #: (ListMessageGroupUser, ListLiveMessageGroupUsers): their own, separate budgets.
     discovery_qps: float = field(default=5.0, metadata=FINITE_GT_0)
+
+    def qps_of(self, api: str) -> float:
+        """The budget of presence action ``api``."""
+        value: float = getattr(self, api_spec(api).qps_key)
+        return value
 
 
 _POLICY = RetryPolicy()
@@ -354,17 +379,33 @@ class TargetConfig(_Checked):
     """One ``[[targets]]`` entry; its errors name keys relative to the entry."""
 
     app_id: str
-    group_id: str
+    #: Absent for an app-wide API (CheckLiveMessageUsersOnline); required otherwise.
+    group_id: str | None = None
+    #: The presence action: BatchGetOnlineUsers (legacy apps) or, for apps of the current
+    #: interactive-messaging service, CheckLiveMessageUsersInGroup or CheckLiveMessageUsersOnline.
+    api: str = field(default=LEGACY_API, metadata={"check": _api_name})
+    #: The app's data center (sent as DataCenter by the current family): e.g. cn-shanghai.
+    data_center: str | None = field(default=None, metadata={"check": _data_center})
     uids: tuple[str, ...] | None = None
     uids_file: Path | None = None
-    #: Learn the members with ListMessageGroupUser at every sweep instead of a UID list.
+    #: Learn the members at every sweep (ListMessageGroupUser, or ListLiveMessageGroupUsers for
+    #: the current family) instead of a UID list.
     discover: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("app_id", "group_id"):
-            if not getattr(self, name):
-                raise ConfigError("required, a non-empty string", key=name)
+        if not self.app_id:
+            raise ConfigError("required, a non-empty string", key="app_id")
+        spec = api_spec(self.api)
+        if spec.app_wide:
+            if self.group_id is not None:
+                raise ConfigError(f"{self.api} asks about a whole app: no group_id", key="group_id")
+            if self.discover:
+                raise ConfigError(f"{self.api} has no group to list members of", key="discover")
+        elif not self.group_id:
+            raise ConfigError("required, a non-empty string", key="group_id")
+        if self.data_center is not None and not spec.data_center:
+            raise ConfigError(f"{self.api} takes no data_center", key="data_center")
         if self.uids is not None and self.uids_file is not None:
             raise ConfigError("give either uids or uids_file, not both", key="uids_file")
         if self.discover and (self.uids is not None or self.uids_file is not None):
@@ -372,7 +413,7 @@ class TargetConfig(_Checked):
 
     @property
     def target(self) -> Target:
-        return Target(self.app_id, self.group_id)
+        return Target(self.app_id, self.group_id, self.api, self.data_center)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -471,14 +512,12 @@ class PollerConfig(_Checked):
     def __post_init__(self) -> None:
         check_fields(self)
         self.credentials.check_together()
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, str, str | None]] = set()
         for i, target in enumerate(self.targets):
-            pair = (target.app_id, target.group_id)
-            if pair in seen:
-                raise ConfigError(
-                    f"duplicate target {target.app_id}/{target.group_id}", key=f"targets[{i}]"
-                )
-            seen.add(pair)
+            key = target.target.key
+            if key in seen:
+                raise ConfigError(f"duplicate target {target.target}", key=f"targets[{i}]")
+            seen.add(key)
 
     def with_changes(self, **changes: Any) -> PollerConfig:
         return replace(self, **changes)

@@ -272,6 +272,11 @@ _EXACT: Final[dict[str, type[ApiError]]] = {
     "ServiceUnavailable": ServerError,
     "ServiceTimeout": ServerError,
     "NoPermission": PermissionDenied,
+    # The current interactive-messaging family (CheckLiveMessageUsers*, ListLiveMessageGroupUsers)
+    "NoAuth": PermissionDenied,
+    "InputInvalid": InvalidRequestError,
+    "ResourceNotExist": InvalidRequestError,
+    "ServerError": ServerError,
     "UnsupportedHTTPMethod": InvalidRequestError,
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .apis import api_spec
 from .errors import MalformedResponse
 from .records import (
     MISSING_IN_RESPONSE,
@@ -32,7 +33,8 @@ class MergeCounts:
 
 
 def validate_answer(online_users: list[Any]) -> dict[str, tuple[bool, int]] | None:
-    """Map ``UserId -> (online, join_time)`` from the first entry of each ID.
+    """Map ``UserId -> (online, join_time)`` from the first entry of each ID (the current API
+    family's entries, ``{UserId, Online}``, have no ``JoinTime``).
 
     Returns ``None`` when any entry has the wrong shape or types (then the whole answer is
     untrustworthy and the batch is retried as malformed). A missing or null ``JoinTime`` is 0.
@@ -78,6 +80,7 @@ def merge_answer(
             request_id=request_id,
         )
     target = batch.target
+    join_times = api_spec(target.api).join_time  # the current family's answers carry none
     out: list[Record] = []
     missing = 0
     for uid in batch.uids:
@@ -101,7 +104,7 @@ def merge_answer(
                     target,
                     uid,
                     found[0],
-                    found[1],
+                    found[1] if join_times else None,
                     sweep=sweep,
                     polled_at=polled_at,
                     request_id=request_id,

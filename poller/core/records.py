@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, NotRequired, TypeAlias, TypedDict
 
+from .apis import API_ACTIONS, APP_WIDE_ACTIONS, LEGACY_API
+
 if TYPE_CHECKING:
     from .errors import PollerError
 
@@ -47,14 +49,6 @@ __all__ = [
     "target_key",
 ]
 
-#: The legacy presence action, the default of every target.
-LEGACY_API: Final = "BatchGetOnlineUsers"
-#: Presence actions a target may name.
-API_ACTIONS: Final = frozenset(
-    {LEGACY_API, "CheckLiveMessageUsersInGroup", "CheckLiveMessageUsersOnline"}
-)
-#: Actions that ask about a whole app: their targets have no group.
-APP_WIDE_ACTIONS: Final = frozenset({"CheckLiveMessageUsersOnline"})
 
 # Local record codes (the cloud's own ``Code`` strings are used as they come).
 #: A user ID that is never sent: empty, a ``,``, control characters, too long, undecodable.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,8 @@ class SweepContext:
     deadline: float | None
     fetcher: BatchFetcher
     retrier: Retrier
-    meter: RateMeter
+    #: The rate meter of each API action the sweep polls.
+    meters: Mapping[str, RateMeter]
     clock: Clock
     control: StopControl
     #: Which UIDs this sweep polls (a fleet member's shards); ``None``: all of them.
@@ -142,7 +143,7 @@ async def _attempts(
 
     outcome = await ctx.retrier.run(
         fetch,
-        ctx.meter,
+        ctx.meters[batch.target.api],
         action=batch.target.api,
         sweep=stats.sweep,
         attempt=attempt,

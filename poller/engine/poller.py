@@ -18,15 +18,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from poller.config import PollerConfig
+from poller.core.apis import LEGACY_API, api_spec
 from poller.core.clock import Clock, SkewedClock, system_clock
 from poller.core.errors import ConfigError
 from poller.core.ratelimit import PacedRateLimiter, RateMeter, Retunable
-from poller.core.records import LEGACY_API, Record, Target
+from poller.core.records import Record, Target
 from poller.core.retry import Retrier
 from poller.core.stats import Attempt, AttemptListener, SweepStats
 from poller.wire.client import BatchFetcher, LiveClient
 from poller.wire.credentials import resolve_credentials
-from poller.wire.discovery import LIST_ACTION, discover_members
+from poller.wire.discovery import discover_members
 from poller.wire.signing import SigningCredentials
 
 from .batch import StopControl, SweepContext
@@ -86,9 +87,12 @@ class Poller:
         self._config = config
         self._fetcher = fetcher
         self._credentials = credentials
-        self._meter = rate_meter
+        # One meter per API action (the cloud budgets each apart), made when first needed.
+        self._meters: dict[str, RateMeter] = {}
+        if rate_meter is not None:
+            self._meters[LEGACY_API] = rate_meter
         self._own_meter = rate_meter is None
-        self._discovery_meter: RateMeter | None = None
+        self._discovery_meters: dict[str, RateMeter] = {}
         self._fleet: Fleet | None = None
         self._clock = SkewedClock.wrap(clock or system_clock())
         self._on_attempt = on_attempt
@@ -127,28 +131,40 @@ class Poller:
         return self
 
     async def _open_meters(self, config: PollerConfig, creds: SigningCredentials | None) -> None:
-        limits = config.limits
-        margin_s = limits.window_margin_ms / 1000.0
         cluster = config.cluster
         if cluster is not None and self._own_meter:
             from poller.fleet import Fleet, account_of  # redis-py only with [cluster]
 
             account = account_of(cluster, creds.access_key_id if creds else None)
-            fleet = self._fleet = Fleet(cluster, account=account, clock=self._clock)
-            if cluster.share_budget:
-                self._meter = fleet.meter(
-                    LEGACY_API, limits.qps, margin_s=margin_s, adaptive=limits.adaptive
-                )
-                self._discovery_meter = fleet.meter(
-                    LIST_ACTION, limits.discovery_qps, margin_s=margin_s
-                )
-            await fleet.start()
-        if self._meter is None:
-            self._meter = PacedRateLimiter(
-                limits.qps, margin_s=margin_s, clock=self._clock, adaptive=limits.adaptive
+            self._fleet = Fleet(cluster, account=account, clock=self._clock)
+            await self._fleet.start()
+        for api in {LEGACY_API, *(t.api for t in config.targets)}:
+            self._meter_for(api)
+
+    def _new_meter(self, action: str, qps: float, *, adaptive: bool) -> RateMeter:
+        """A meter for ``action``'s budget: shared with the fleet when there is one."""
+        limits, cluster, fleet = self._config.limits, self._config.cluster, self._fleet
+        margin_s = limits.window_margin_ms / 1000.0
+        if fleet is not None and cluster is not None and cluster.share_budget:
+            return fleet.meter(action, qps, margin_s=margin_s, adaptive=adaptive)
+        return PacedRateLimiter(qps, margin_s=margin_s, clock=self._clock, adaptive=adaptive)
+
+    def _meter_for(self, api: str) -> RateMeter:
+        meter = self._meters.get(api)
+        if meter is None:
+            limits = self._config.limits
+            meter = self._new_meter(api, limits.qps_of(api), adaptive=limits.adaptive)
+            self._meters[api] = meter
+        return meter
+
+    def _discovery_meter_for(self, list_action: str) -> RateMeter:
+        meter = self._discovery_meters.get(list_action)
+        if meter is None:
+            qps = self._config.limits.discovery_qps
+            meter = self._discovery_meters[list_action] = self._new_meter(
+                list_action, qps, adaptive=True
             )
-        if self._discovery_meter is None:
-            self._discovery_meter = PacedRateLimiter(limits.discovery_qps, clock=self._clock)
+        return meter
 
     async def __aexit__(
         self,
@@ -197,12 +213,14 @@ class Poller:
         limits = config.limits
         if limits != old.limits:
             margin_s = limits.window_margin_ms / 1000.0
-            meters: list[tuple[object, float, bool]] = [
-                (self._discovery_meter, limits.discovery_qps, True)
+            retune: list[tuple[RateMeter, float, bool]] = [
+                (meter, limits.discovery_qps, True) for meter in self._discovery_meters.values()
             ]
-            if self._own_meter:  # a meter given by the caller is the caller's to retune
-                meters.append((self._meter, limits.qps, limits.adaptive))
-            for meter, qps, adaptive in meters:
+            for api, meter in self._meters.items():
+                if api == LEGACY_API and not self._own_meter:
+                    continue  # a meter given by the caller is the caller's to retune
+                retune.append((meter, limits.qps_of(api), limits.adaptive))
+            for meter, qps, adaptive in retune:
                 if isinstance(meter, Retunable):
                     meter.reconfigure(qps, margin_s=margin_s, adaptive=adaptive)
             self._inflight = asyncio.Semaphore(limits.max_in_flight)
@@ -239,9 +257,13 @@ class Poller:
 
     @property
     def rate_meter(self) -> RateMeter:
+        """The meter of ``BatchGetOnlineUsers`` (see :meth:`meter_for` for the others)."""
+        return self.meter_for(LEGACY_API)
+
+    def meter_for(self, api: str) -> RateMeter:
+        """The rate meter of presence action ``api`` (each action has its own budget)."""
         self._require_open()
-        assert self._meter is not None
-        return self._meter
+        return self._meter_for(api)
 
     def _require_open(self) -> None:
         if self._state is not _State.OPEN:
@@ -285,8 +307,7 @@ class Poller:
         """
         self._require_open()
         fetcher = self._fetcher or self._client
-        assert fetcher is not None and self._inflight is not None and self._meter is not None
-        _check_targets(work)
+        assert fetcher is not None and self._inflight is not None
         if number is not None:
             if number <= self._sweeps:
                 raise ValueError(f"sweep number {number} must exceed the last, {self._sweeps}")
@@ -300,7 +321,7 @@ class Poller:
             deadline=stats.started_at + deadline_s if deadline_s > 0 else None,
             fetcher=fetcher,
             retrier=self._retrier,
-            meter=self._meter,
+            meters={api: self._meter_for(api) for api in {t.api for t, _ in work}},
             clock=self._clock,
             control=self._control,
             keep=keep,
@@ -358,16 +379,10 @@ class Poller:
 
     async def discover(self, target: Target) -> list[str]:
         """The members of ``target``'s group, listed page by page through the retry loop on
-        the discovery budget (``limits.discovery_qps``). Raises the error of a page that
-        still fails after retries."""
+        the discovery budget of its list action (``limits.discovery_qps``). Raises the error of
+        a page that still fails after retries."""
         self._require_open()
         if self._client is None:
             raise ConfigError(f"cannot discover the members of {target} without an API client")
-        assert self._discovery_meter is not None
-        return await discover_members(self._client, target, self._retrier, self._discovery_meter)
-
-
-def _check_targets(work: Sequence[Work]) -> None:
-    for target, _ in work:
-        if target.api != LEGACY_API:
-            raise ConfigError(f"{target}: the {target.api} API is not supported yet")
+        meter = self._discovery_meter_for(api_spec(target.api).list_action)
+        return await discover_members(self._client, target, self._retrier, meter)

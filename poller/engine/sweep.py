@@ -19,9 +19,11 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import TypeAlias
 
 from poller.config import SweepConfig
+from poller.core.apis import api_spec
 from poller.core.batching import COMPACT_AFTER, Batcher, Rejected
 from poller.core.clock import epoch_ms
 from poller.core.errors import collapse
+from poller.core.ratelimit import RateMeter
 from poller.core.records import INVALID_USER_ID, Batch, Record, Target, error_record
 
 from .batch import SweepContext, poll_batch
@@ -42,10 +44,33 @@ async def run_sweep(
     inflight: asyncio.Semaphore,
     queue: RecordQueue,
 ) -> None:
-    """Poll every UID of ``work``, putting lists of records on ``queue``."""
+    """Poll every UID of ``work``, putting lists of records on ``queue``.
+
+    The targets of one API action interleave their batches on that action's meter; targets of
+    different actions run side by side, each action on its own meter (the cloud budgets each
+    action apart), so a slower action never holds a faster one back."""
+    by_api: dict[str, list[Work]] = {}
+    for item in work:
+        by_api.setdefault(item[0].api, []).append(item)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for api, items in by_api.items():
+                tg.create_task(_run_action(ctx, api, items, config, inflight, queue))
+    except BaseExceptionGroup as group:
+        raise collapse(group) from None
+
+
+async def _run_action(
+    ctx: SweepContext,
+    api: str,
+    work: Sequence[Work],
+    config: SweepConfig,
+    inflight: asyncio.Semaphore,
+    queue: RecordQueue,
+) -> None:
     stream = _interleave([_batches(ctx, target, src, config) for target, src in work])
     try:
-        await _spawn_batches(ctx, stream, inflight, queue)
+        await _spawn_batches(ctx, stream, ctx.meters[api], inflight, queue)
     except BaseExceptionGroup as group:
         raise collapse(group) from None
     finally:
@@ -55,10 +80,11 @@ async def run_sweep(
 async def _spawn_batches(
     ctx: SweepContext,
     stream: AsyncGenerator[Batch | Rejected, None],
+    meter: RateMeter,
     inflight: asyncio.Semaphore,
     queue: RecordQueue,
 ) -> None:
-    meter, tasks = ctx.meter, ctx.control.tasks
+    tasks = ctx.control.tasks
 
     async def run(batch: Batch, waited: float) -> None:
         try:
@@ -101,6 +127,7 @@ async def _batches(
     stats = ctx.stats
     batcher = Batcher(
         target,
+        size=api_spec(target.api).batch_size,
         dedupe=config.dedupe,
         max_uid_bytes=config.max_uid_bytes,
         compact=_compact(source) if config.dedupe else False,

@@ -52,13 +52,13 @@ from poller.core.errors import (
     ClockSkewCorrected,
     ClockSkewError,
     ConfigError,
-    MalformedResponse,
     StaleConnection,
 )
 from poller.core.records import Batch
 from poller.core.redact import Redactor
 
 from .answers import parse_answer, transport_error
+from .backends import backend_for
 from .http import ConnectTimeout, HttpError, HttpPool, StaleConnectionClosed, describe_error
 from .proxy import check_builtin_transport
 from .signing import (
@@ -89,7 +89,7 @@ _RequestKey = tuple[str, tuple[tuple[str, str], ...]]
 
 @dataclass(frozen=True, slots=True)
 class OnlineUsersAnswer:
-    """A successful ``BatchGetOnlineUsers`` answer, before per-UID merging."""
+    """A successful presence answer's per-user entries, before per-UID merging."""
 
     request_id: str
     online_users: list[Any]
@@ -355,18 +355,9 @@ class LiveClient:
         return ClockSkewCorrected.after(err, implied)
 
     async def fetch(self, batch: Batch) -> OnlineUsersAnswer:
-        data, request_id = await self.call(
-            "BatchGetOnlineUsers",
-            {
-                "AppId": batch.target.app_id,
-                "GroupId": batch.target.group_id or "",
-                "UserIds": ",".join(batch.uids),
-            },
+        """One attempt at ``batch`` with its target's API (:mod:`poller.wire.backends`)."""
+        backend = backend_for(batch.target)
+        data, request_id = await self.call(backend.action, backend.params(batch.target, batch.uids))
+        return OnlineUsersAnswer(
+            request_id=request_id, online_users=backend.entries(data, request_id)
         )
-        result = data.get("Result")
-        users = result.get("OnlineUsers") if isinstance(result, dict) else None
-        if not isinstance(users, list):
-            raise MalformedResponse(
-                "answer has no Result.OnlineUsers list", http_status=200, request_id=request_id
-            )
-        return OnlineUsersAnswer(request_id=request_id, online_users=users)

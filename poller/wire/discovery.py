@@ -1,10 +1,15 @@
-"""Group discovery: learn a group's members with ``ListMessageGroupUser`` before polling it.
+"""Group discovery: learn a group's members before polling it.
 
-Pages of 50 are read newest-first (``SortType=1``). With members joining and leaving while we
-page, newest-first order means a re-join moves a member to the front, which at worst shows it
-twice (the batcher drops the duplicate) rather than shifting an unread member past a page
-boundary. Discovery has its own small rate budget (``limits.discovery_qps``): it is a different
-API with its own limit, and it must not eat the presence budget.
+Legacy targets list with ``ListMessageGroupUser``: pages of 50 read newest-first
+(``SortType=1``). With members joining and leaving while we page, newest-first order means a
+re-join moves a member to the front, which at worst shows it twice (the batcher drops the
+duplicate) rather than shifting an unread member past a page boundary. Targets of the current
+family list with ``ListLiveMessageGroupUsers``: pages of 50 chained by ``NextPageToken`` (0: no
+next page), newest first (``SortType=2``). The cloud does not list a group of more than 2,000
+members (a "super group"): that answer is an error, and the caller keeps its last known list.
+
+Discovery has its own small rate budget per list action (``limits.discovery_qps``): each is a
+different API with its own limit, and it must not eat the presence budget.
 """
 
 from __future__ import annotations
@@ -13,16 +18,18 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from poller.core.apis import api_spec
 from poller.core.errors import MalformedResponse
 from poller.core.ratelimit import RateMeter
 from poller.core.records import Target
 from poller.core.retry import Retrier
 
-__all__ = ["LIST_ACTION", "MAX_PAGES", "PAGE_SIZE", "discover_members"]
+__all__ = ["LIST_ACTION", "LIVE_LIST_ACTION", "MAX_PAGES", "PAGE_SIZE", "discover_members"]
 
 log = logging.getLogger("poller.discovery")
 
 LIST_ACTION = "ListMessageGroupUser"
+LIVE_LIST_ACTION = "ListLiveMessageGroupUsers"
 PAGE_SIZE = 50
 MAX_PAGES = 100_000  # the API's PageNum limit
 
@@ -39,6 +46,8 @@ async def discover_members(
     Each page goes through ``retrier`` (policy, budget, events) and pays ``meter``; a page
     that still fails raises its error.
     """
+    if api_spec(target.api).list_action == LIVE_LIST_ACTION:
+        return await _list_live(client, target, retrier, meter)
     members: list[str] = []
     for page in range(1, MAX_PAGES + 1):
         params = {
@@ -79,3 +88,47 @@ def _parse_page(data: dict[str, object], request_id: str) -> tuple[list[str], bo
             raise MalformedResponse("UserList entry without a UserId", request_id=request_id)
         users.append(uid)
     return users, has_more
+
+
+async def _list_live(
+    client: _Caller, target: Target, retrier: Retrier, meter: RateMeter
+) -> list[str]:
+    members: list[str] = []
+    token = 0
+    for _ in range(MAX_PAGES):
+        params = {"AppId": target.app_id, "GroupId": target.group_id or ""}
+        params.update(PageSize=str(PAGE_SIZE), SortType="2")
+        if token:
+            params["NextPageToken"] = str(token)
+        if target.data_center is not None:
+            params["DataCenter"] = target.data_center
+
+        async def fetch_page(params: dict[str, str] = params) -> tuple[list[str], int]:
+            data, request_id = await client.call(LIVE_LIST_ACTION, params)
+            return _parse_live_page(data, request_id)
+
+        outcome = await retrier.run(fetch_page, meter, action=LIVE_LIST_ACTION)
+        users, token = outcome.unwrap()
+        members.extend(users)
+        if not token or not users:
+            return members
+    log.warning("group %s has more than %d pages; stopped there", target, MAX_PAGES)
+    return members
+
+
+def _parse_live_page(data: dict[str, object], request_id: str) -> tuple[list[str], int]:
+    """The page's user IDs and the next page's token (0: none)."""
+    user_list = data.get("UserList", [])
+    has_more = data.get("Hasmore", False)
+    token = data.get("NextPageToken", 0)
+    if not isinstance(user_list, list) or not isinstance(has_more, bool) or type(token) is not int:
+        raise MalformedResponse(
+            f"{LIVE_LIST_ACTION} answer has the wrong shape", request_id=request_id
+        )
+    users = []
+    for entry in user_list:
+        uid = entry.get("UserId") if isinstance(entry, dict) else None
+        if not isinstance(uid, str):
+            raise MalformedResponse("UserList entry without a UserId", request_id=request_id)
+        users.append(uid)
+    return users, token if has_more else 0
