@@ -161,10 +161,10 @@ def test_small_target_is_not_starved_and_metrics_agree_with_records(
     by_status = Counter(r["type"] if r["type"] != "error" else r["code"] for r in records)
     assert values['poller_uids_total{status="presence"}'] == by_status["presence"] == 20200
     assert values["poller_sweeps_total"] == 1
-    assert values['poller_requests_total{outcome="ok"}'] == 1010
-    assert values['poller_online_users{app_id="demo-app",group_id="small"}'] == sum(
-        r["online"] for r in records if r["group_id"] == "small"
-    )
+    assert values['poller_requests_total{action="BatchGetOnlineUsers",outcome="ok"}'] == 1010
+    assert values[
+        'poller_online_users{api="BatchGetOnlineUsers",app_id="demo-app",group_id="small"}'
+    ] == sum(r["online"] for r in records if r["group_id"] == "small")
     assert not any("uid=" in name for name in values)  # never a user ID as a label
     # Keep-alive: 1,010 requests over at most max_in_flight + 8 connections, as the log says.
     [sweep_log] = [e for e in logs if e["event"] == "sweep"]

@@ -130,7 +130,10 @@ class Metrics:
 
     def _request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
-            "poller_requests", "HTTP attempts by outcome.", ["outcome"], registry=r
+            "poller_requests",
+            "HTTP attempts by API action and outcome.",
+            ["action", "outcome"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "poller_request_duration_seconds",
@@ -139,7 +142,10 @@ class Metrics:
             registry=r,
         )
         self.throttled = Counter(
-            "poller_throttled", "Answers that said the account was throttled.", registry=r
+            "poller_throttled",
+            "Answers that said the account was throttled, by API action (each has its budget).",
+            ["action"],
+            registry=r,
         )
         self.connections = Counter(
             "poller_http_connections_opened",
@@ -151,7 +157,8 @@ class Metrics:
         )
         self.rate_wait = Histogram(
             "poller_rate_limit_wait_seconds",
-            "Time spent waiting for the rate meter per attempt.",
+            "Time spent waiting for the rate meter per attempt, by API action (one meter each).",
+            ["action"],
             buckets=_WAIT_BUCKETS,
             registry=r,
         )
@@ -175,13 +182,18 @@ class Metrics:
         self.changes = Counter("poller_changes", "Change records emitted.", registry=r)
         self.online = Gauge(
             "poller_online_users",
-            "Users online at the last sweep.",
-            ["app_id", "group_id"],
+            "Users online at the last sweep, per target (group_id empty for an app-wide API).",
+            ["api", "app_id", "group_id"],
             registry=r,
         )
         self.uid_file_errors = Counter(
             "poller_uid_file_errors",
             "Sweeps in which a UID file could not be read (its last good copy was used).",
+            registry=r,
+        )
+        self.discovery_errors = Counter(
+            "poller_discovery_errors",
+            "Sweeps in which listing a discovery target's members failed (the last list was used).",
             registry=r,
         )
         self.ready = Gauge("poller_ready", "1 when /readyz would answer 200.", registry=r)
@@ -247,11 +259,11 @@ class Metrics:
 
     def on_attempt(self, event: Attempt) -> None:
         """Every request attempt, discovery included (an :data:`AttemptListener`)."""
-        self.requests.labels(event.outcome).inc()
+        self.requests.labels(event.action, event.outcome).inc()
         self.request_duration.observe(event.duration_s)
-        self.rate_wait.observe(event.rate_wait_s)
+        self.rate_wait.labels(event.action).observe(event.rate_wait_s)
         if event.throttled:
-            self.throttled.inc()
+            self.throttled.labels(event.action).inc()
         if event.retry_of is not None:
             self.retries.labels(event.retry_of).inc()
 
@@ -260,8 +272,8 @@ class Metrics:
         self.sweep_duration.observe(stats.duration_s)
         for status, count in stats.records.items():
             self.uids.labels(self._status_label(status)).inc(count)
-        for (_, app_id, group_id), count in online.items():
-            self.online.labels(app_id, group_id or "").set(count)
+        for (api, app_id, group_id), count in online.items():
+            self.online.labels(api, app_id, group_id or "").set(count)
         self.changes.inc(changes)
         self.connections.inc(stats.connections_opened)
         self.last_sweep.set(self._clock.time())

@@ -94,6 +94,10 @@ class SweepReport:
         )
 
     def discovery_failed(self, target: Target, exc: PollerError, known: list[str] | None) -> None:
+        """Listing a group's members failed (e.g. a super group the cloud will not list): the
+        last list is used, and the metrics and readiness say so."""
+        self._metrics.discovery_errors.inc()
+        self.problem(f"listing the members of {target} failed: {exc.message}")
         log_event(
             log,
             logging.WARNING,

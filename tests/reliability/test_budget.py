@@ -111,7 +111,9 @@ def test_total_outage_is_budgeted_reported_and_recovered_from(tmp_path: Path) ->
                 daemon.proc.wait()
             daemon.close()
     assert status == 503 and "succeeded" in body["reason"]
-    first = _metric(metrics, 'poller_requests_total{outcome="server_error"}')
+    first = _metric(
+        metrics, 'poller_requests_total{action="BatchGetOnlineUsers",outcome="server_error"}'
+    )
     retries = _metric(metrics, "poller_retries_total")
     # Over the whole outage, all requests (first attempts + retries) stay within 1.2x the first
     # attempts, plus the budget's small floor.
