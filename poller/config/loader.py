@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from poller.config.model import PollerConfig
+from poller.core.apis import API_SPECS, LEGACY_API
 from poller.core.errors import ConfigError
 
 __all__ = ["field_types", "load_config", "parse_config", "tables"]
@@ -206,20 +207,24 @@ def parse_config(
 
 
 #: The documented per-account budget of BatchGetOnlineUsers.
-DOCUMENTED_QPS = 100.0
+DOCUMENTED_QPS = API_SPECS[LEGACY_API].qps
 
 
 def _warn_about(config: PollerConfig) -> None:
     """Settings that are allowed but probably wrong: said once, at load time."""
-    if config.limits.qps > DOCUMENTED_QPS:
-        where = f"{config.source}: " if config.source else ""
-        log.warning(
-            "%skey 'limits.qps' = %g is above the documented %g requests/s per account; fine if "
-            "your quota was raised, otherwise expect throttling",
-            where,
-            config.limits.qps,
-            DOCUMENTED_QPS,
-        )
+    for spec in API_SPECS.values():
+        value = getattr(config.limits, spec.qps_key)
+        if value > spec.qps:
+            where = f"{config.source}: " if config.source else ""
+            log.warning(
+                "%skey 'limits.%s' = %g is above the documented %g requests/s per account for"
+                " %s; fine if your quota was raised, otherwise expect throttling",
+                where,
+                spec.qps_key,
+                value,
+                spec.qps,
+                spec.action,
+            )
 
 
 def load_config(path: str | Path) -> PollerConfig:
