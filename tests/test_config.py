@@ -636,6 +636,11 @@ def test_qps_above_the_documented_limit_is_a_warning_not_an_error(
     assert config.limits.qps == 150.0
     [warning] = [r.getMessage() for r in caplog.records]
     assert "poller.toml" in warning and "limits.qps" in warning and "150" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="poller.config"):
+        parse_config({"limits": {"in_group_qps": 60, "app_online_qps": 50}})
+    [warning] = [r.getMessage() for r in caplog.records]  # 50 is the documented limit itself
+    assert "limits.in_group_qps" in warning and "CheckLiveMessageUsersInGroup" in warning
 
 
 def test_an_absurd_in_flight_limit_is_refused() -> None:
