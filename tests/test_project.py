@@ -76,5 +76,6 @@ def test_layering() -> None:
         if "aiohttp" in used:
             assert rel.startswith("emulator/") or rel in {
                 "wire/aiohttp_transport.py",
+                "wire/webhook.py",
                 "apps/metrics.py",
             }, rel

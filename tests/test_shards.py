@@ -321,8 +321,8 @@ async def test_the_first_sweep_learns_silently_then_each_flip_is_one_change(
 ) -> None:
     a, _ = states
     first = [presence(f"u{i}", i % 2 == 0, 100, 1000) for i in range(5)]
-    assert changes(await a.process(first, emit_all=False)) == []
-    out = await a.process([presence("u1", True, 101, 2000)], emit_all=False)
+    assert changes(await a.process(first, presence=False)) == []
+    out = await a.process([presence("u1", True, 101, 2000)], presence=False)
     expected = change_record(presence("u1", True, 101, 2000), False, 1)  # type: ignore[arg-type]
     assert out == [expected]
     entries = await stream(a)
@@ -337,8 +337,8 @@ async def test_the_first_sweep_learns_silently_then_each_flip_is_one_change(
     )
     assert entry["target"] == target_label(KEY)
     # same state again: nothing; a re-join (new join time) is a change
-    assert changes(await a.process([presence("u1", True, 102, 3000)], emit_all=False)) == []
-    rejoin = await a.process([presence("u1", True, 103, 4000, join=9)], emit_all=False)
+    assert changes(await a.process([presence("u1", True, 102, 3000)], presence=False)) == []
+    rejoin = await a.process([presence("u1", True, 103, 4000, join=9)], presence=False)
     assert [(r["version"], r["previous_online"]) for r in rejoin] == [(2, True)]  # type: ignore[typeddict-item]
 
 
@@ -346,12 +346,12 @@ async def test_two_members_polling_one_uid_stream_its_flip_once(
     states: list[SharedState],
 ) -> None:
     a, b = states
-    await a.process([presence("u", False, 1, 1000)], emit_all=False)
-    won_a = changes(await a.process([presence("u", True, 2, 2000)], emit_all=False))
-    won_b = changes(await b.process([presence("u", True, 2, 2001)], emit_all=False))
+    await a.process([presence("u", False, 1, 1000)], presence=False)
+    won_a = changes(await a.process([presence("u", True, 2, 2000)], presence=False))
+    won_b = changes(await b.process([presence("u", True, 2, 2001)], presence=False))
     assert len(won_a) + len(won_b) == 1 and len(await stream(a)) == 1
     # a slower member's older answer (offline, polled before the flip) is ignored
-    assert changes(await b.process([presence("u", False, 2, 1500)], emit_all=False)) == []
+    assert changes(await b.process([presence("u", False, 2, 1500)], presence=False)) == []
     assert len(await stream(a)) == 1
 
 
@@ -359,10 +359,10 @@ async def test_a_uid_added_later_is_announced_and_errors_change_nothing(
     states: list[SharedState],
 ) -> None:
     a, b = states
-    await a.process([presence("old", True, 1, 1000), error("failing", 1, 1000)], emit_all=True)
+    await a.process([presence("old", True, 1, 1000), error("failing", 1, 1000)], presence=True)
     out = await b.process(
         [presence("new", True, 2, 2000), error("old", 2, 2000), presence("failing", True, 2, 2000)],
-        emit_all=False,
+        presence=False,
     )
     # "new" joined the list after the target's first sweep: announced from null, version 1;
     # "failing" was listed from the start (its polls failed): learned silently, like "old".
@@ -370,17 +370,17 @@ async def test_a_uid_added_later_is_announced_and_errors_change_nothing(
         ("new", None, 1)
     ]
     assert [r["type"] for r in out].count("error") == 1  # the error record is written
-    assert changes(await a.process([presence("old", True, 3, 3000)], emit_all=False)) == []
+    assert changes(await a.process([presence("old", True, 3, 3000)], presence=False)) == []
 
 
 async def test_a_redis_that_lost_its_data_learns_again_silently(
     states: list[SharedState], redis_server: RedisServer
 ) -> None:
     a, _ = states
-    await a.process([presence(f"u{i}", False, 1, 1000) for i in range(20)], emit_all=False)
+    await a.process([presence(f"u{i}", False, 1, 1000) for i in range(20)], presence=False)
     redis_server.restart()  # empty: no persistence
     flipped = [presence(f"u{i}", True, 2, 2000) for i in range(20)]
-    assert changes(await a.process(flipped, emit_all=False)) == []  # no burst of false changes
+    assert changes(await a.process(flipped, presence=False)) == []  # no burst of false changes
     assert await stream(a) == []
 
 
@@ -388,21 +388,21 @@ async def test_while_redis_is_down_records_flow_and_changes_wait(
     states: list[SharedState], redis_server: RedisServer
 ) -> None:
     a, _ = states
-    await a.process([presence("u", False, 1, 1000)], emit_all=False)
+    await a.process([presence("u", False, 1, 1000)], presence=False)
     redis_server.stop()
-    out = await a.process([presence("u", True, 2, 2000)], emit_all=True)
+    out = await a.process([presence("u", True, 2, 2000)], presence=True)
     assert [r["type"] for r in out] == ["presence"] and a.deferred == 1
     redis_server.start()  # empty again; a persisted Redis would report the flip now
-    await a.process([presence("u", True, 3, 3000)], emit_all=True)
+    await a.process([presence("u", True, 3, 3000)], presence=True)
 
 
 async def test_the_leader_forgets_uids_no_longer_listed(states: list[SharedState]) -> None:
     a, _ = states
     await a.process(
-        [presence("gone", True, 1, 1000), presence("kept", True, 1, 1000)], emit_all=False
+        [presence("gone", True, 1, 1000), presence("kept", True, 1, 1000)], presence=False
     )
     for sweep in range(2, 6):
-        await a.process([presence("kept", True, sweep, 1000 * sweep)], emit_all=False)
+        await a.process([presence("kept", True, sweep, 1000 * sweep)], presence=False)
     keep_from = a.forget_before(5 + 600)
     assert keep_from > 1
     assert await a.forget_stale([KEY], 5 + 600) == 1
@@ -432,7 +432,7 @@ async def test_concurrent_members_stream_each_flip_exactly_once(
         batch = [presence(uid, on, sweep, 1000 * sweep) for uid, on in online.items()]
         order = list(states)
         rng.shuffle(order)
-        await asyncio.gather(*(s.process(batch, emit_all=False) for s in order))
+        await asyncio.gather(*(s.process(batch, presence=False) for s in order))
     entries = await stream(states[0])
     versions: dict[str, list[int]] = collections.defaultdict(list)
     for entry in entries:
@@ -447,12 +447,12 @@ async def test_a_restarted_member_writes_again_what_its_sinks_may_not_have_flush
 ) -> None:
     a, b = states
     await a.process(
-        [presence("u1", False, 1, 1000), presence("u2", False, 1, 1000)], emit_all=False
+        [presence("u1", False, 1, 1000), presence("u2", False, 1, 1000)], presence=False
     )
-    await a.process([presence("u1", True, 2, 2000)], emit_all=False)
+    await a.process([presence("u1", True, 2, 2000)], presence=False)
     await a.flushed()  # sweep 2 flushed: its change is delivered
-    lost = changes(await a.process([presence("u2", True, 3, 3000)], emit_all=False))
-    await b.process([presence("u1", False, 3, 3001)], emit_all=False)  # b's own: not a's
+    lost = changes(await a.process([presence("u2", True, 3, 3000)], presence=False))
+    await b.process([presence("u1", False, 3, 3001)], presence=False)  # b's own: not a's
     # a is killed before it flushed sweep 3; it restarts under the same member name
     again = SharedState(a.fleet, interval_s=1.0)
     assert await again.undelivered() == lost

@@ -40,8 +40,9 @@ class Changes(Protocol):
         """After the sinks flushed ``sweep``: online UIDs per target."""
         ...
 
-    def set_emit(self, emit: Literal["changes", "all"]) -> None:
-        """A reload changed ``[daemon] emit``."""
+    def set_emit(self, emit: Literal["changes", "all"], *, presence: bool) -> None:
+        """A reload changed ``[daemon] emit`` or the sinks (``presence``: some sink receives
+        presence records)."""
         ...
 
 
@@ -51,8 +52,10 @@ class LocalChanges:
     The state is saved only after the sinks flushed the records it reflects (see
     :mod:`poller.engine.state`)."""
 
-    def __init__(self, emit: Literal["changes", "all"], store: StateStore) -> None:
-        self.tracker = ChangeTracker(emit)
+    def __init__(
+        self, emit: Literal["changes", "all"], store: StateStore, *, presence: bool
+    ) -> None:
+        self.tracker = ChangeTracker(emit, presence=presence)
         self._store = store
 
     @property
@@ -91,5 +94,5 @@ class LocalChanges:
             log_event(log, logging.ERROR, "saving the state failed", error=str(exc))
         return online
 
-    def set_emit(self, emit: Literal["changes", "all"]) -> None:
-        self.tracker.emit = emit
+    def set_emit(self, emit: Literal["changes", "all"], *, presence: bool) -> None:
+        self.tracker.emit, self.tracker.presence = emit, presence

@@ -68,17 +68,29 @@ def _check_config(args: argparse.Namespace) -> int:
 def _check_runnable(config: PollerConfig) -> None:
     """Raise the ConfigError ``poller run`` would stop on before its first sweep, in its order:
     the daemon's target plans (no ``[[targets]]``; a missing UID file without a good copy in the
-    state directory), the credentials chain, then a proxy the builtin transport cannot use."""
+    state directory), the credentials chain, a proxy the builtin transport cannot use, then
+    what a webhook sink needs from the environment (its secret, header variables, CA bundle)."""
     from poller.apps.daemon import daemon_plans
     from poller.engine.state import resolve_state_dir
     from poller.engine.work import WorkBuilder
     from poller.wire.credentials import resolve_credentials
     from poller.wire.proxy import check_builtin_transport
 
-    copies = resolve_state_dir(config.daemon.state_dir) / "uid-files"
-    daemon_plans(config, WorkBuilder(copies_dir=copies))
+    state_dir = resolve_state_dir(config.daemon.state_dir)
+    daemon_plans(config, WorkBuilder(copies_dir=state_dir / "uid-files"))
     resolve_credentials(config.credentials)
     check_builtin_transport(config.api)
+    for i, sink in enumerate(config.sinks):
+        if sink.kind == "webhook":  # its secret, header variables and CA bundle, unopened
+            from poller.engine.webhook import open_webhook
+
+            try:
+                open_webhook(sink, state_dir=state_dir)
+            except ConfigError as exc:
+                key = (exc.key or "url").rpartition(".")[2]  # "sinks.ca_file" -> "ca_file"
+                raise ConfigError(
+                    exc.detail, source=config.source, key=f"sinks[{i}].{key}"
+                ) from None
 
 
 def _state_command(args: argparse.Namespace) -> int:
@@ -167,18 +179,19 @@ def _refuse_closed_stdout(args: argparse.Namespace) -> None:
     """Raise ConfigError when the command would write records to a stdout that was closed
     (now ``/dev/null``): ``once`` without ``--output FILE`` and with no file sinks, ``run``
     with a stdout sink."""
-    from poller.engine.sinks import StdoutSink, sinks_from_config
+
+    def to_stdout(config: PollerConfig) -> bool:
+        return not config.sinks or any(c.kind == "stdout" for c in config.sinks)
 
     if args.command == "once":
         if args.output and args.output != "-":
             return
         config = load_config(args.config) if args.config else PollerConfig()
-        sinks = sinks_from_config(config.sinks)
-        if args.output == "-" or any(isinstance(s, StdoutSink) for s in sinks):
+        if args.output == "-" or to_stdout(config):
             raise ConfigError("stdout is closed; use --output FILE")
     elif args.command == "run":
         config = load_config(args.config)
-        if any(isinstance(s, StdoutSink) for s in sinks_from_config(config.sinks)):
+        if to_stdout(config):
             raise ConfigError(
                 "stdout is closed but records go to stdout: configure a file sink",
                 source=config.source,

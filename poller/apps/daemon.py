@@ -39,7 +39,13 @@ from poller.core.errors import AuthError, ConfigError, PollerError
 from poller.core.redact import Redactor
 from poller.core.stats import Attempt, Totals
 from poller.engine.poller import Poller
-from poller.engine.sinks import Sink, reopen_sinks, sinks_from_config
+from poller.engine.sinks import (
+    Sink,
+    reopen_sinks,
+    sinks_from_config,
+    wants_presence,
+    webhooks_of,
+)
 from poller.engine.state import StateStore, resolve_state_dir
 from poller.engine.work import Plan, WorkBuilder, plan_targets
 
@@ -145,12 +151,13 @@ class Daemon:
 
     async def run(self) -> int:
         exit_code = EX_FAILURE  # what the summary says if something unexpected escapes
-        self._sinks = sinks_from_config(self.config.sinks)
+        self._sinks = self._make_sinks(self.config)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 stack.enter_context(self._signals)
                 stack.push_async_callback(self._close_sinks)
                 await self._start_metrics(stack)
+                self._metrics.watch_webhooks(lambda: webhooks_of(self._sinks))
                 first_sweep = await self._open_state(stack)
                 self._poller = await stack.enter_async_context(
                     Poller(
@@ -185,6 +192,14 @@ class Daemon:
             notify("STOPPING=1")
             self._log_stopped(exit_code)
         return exit_code
+
+    def _make_sinks(self, config: PollerConfig) -> list[Sink]:
+        return sinks_from_config(
+            config.sinks,
+            emit=config.daemon.emit,
+            state_dir=resolve_state_dir(config.daemon.state_dir),
+            clock=self._clock,
+        )
 
     async def _join_shards(self, stack: contextlib.AsyncExitStack) -> None:
         """With ``[cluster] shard_targets``: take this member's shards (handed over at the end)."""
@@ -236,7 +251,8 @@ class Daemon:
         if cluster is not None and cluster.shard_targets:
             log_event(log, logging.INFO, "state kept by the fleet in Redis", path=str(store.path))
             return 1  # sweeps are numbered on the fleet's clock (see _join_shards)
-        local = LocalChanges(self.config.daemon.emit, store)
+        emit = self.config.daemon.emit
+        local = LocalChanges(emit, store, presence=wants_presence(self.config.sinks, emit))
         self._changes = local
         return await local.load()
 
@@ -376,11 +392,12 @@ class Daemon:
             return
         if new.sinks != self.config.sinks:
             await self._close_sinks()  # everything written so far is flushed, nothing dropped
-            self._sinks = sinks_from_config(new.sinks)
+            self._sinks = self._make_sinks(new)
         else:
             await self._reopen_sinks()  # log rotation: files moved away get new ones
         assert self._changes is not None
-        self._changes.set_emit(new.daemon.emit)
+        emit = new.daemon.emit
+        self._changes.set_emit(emit, presence=wants_presence(new.sinks, emit))
         if self._fleet_sweeps is not None:
             self._fleet_sweeps.reconfigure(new)
         if new.daemon.state_dir != self.config.daemon.state_dir:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from poller.core.clock import Clock, system_clock
@@ -79,6 +79,54 @@ class ShardsLike(Protocol):
 class SharedStateLike(Protocol):
     changes: int
     deferred: int
+
+
+class WebhookLike(Protocol):
+    """What metrics read of a webhook sink (:class:`poller.engine.webhook.WebhookSink`)."""
+
+    name: str
+
+    def counters(self) -> dict[str, float]: ...
+
+
+#: (metric, type, help) of each webhook figure; counters get ``_total``.
+_WEBHOOK_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("delivered_records", "counter", "Records the receiver acknowledged (2xx)."),
+    (
+        "retries",
+        "counter",
+        "Delivery attempts that failed and are retried (5xx, 408, 429, "
+        "timeouts, connection errors).",
+    ),
+    ("rejected_records", "counter", "Records the receiver refused with another 4xx (dropped)."),
+    ("lost_records", "counter", "Records that could not be written to the spool (disk)."),
+    (
+        "dropped_batches",
+        "counter",
+        "Undelivered batches dropped, oldest first, at the spool's bound (spool_max_mb).",
+    ),
+    ("spooled_bytes", "gauge", "Bytes of undelivered records in the spool."),
+    ("spooled_batches", "gauge", "Undelivered batches in the spool."),
+    ("oldest_undelivered_seconds", "gauge", "Age of the oldest undelivered batch."),
+)
+
+
+class _WebhookCollector:
+    def __init__(self, sinks: Callable[[], Iterable[WebhookLike]]) -> None:
+        self._sinks = sinks
+
+    def collect(self) -> Iterator[Metric]:
+        sinks = list(self._sinks())
+        figures = [(sink.name, sink.counters()) for sink in sinks]
+        for name, kind, help_text in _WEBHOOK_METRICS:
+            family: Metric
+            if kind == "counter":
+                family = CounterMetricFamily(f"poller_webhook_{name}", help_text, labels=["sink"])
+            else:
+                family = GaugeMetricFamily(f"poller_webhook_{name}", help_text, labels=["sink"])
+            for sink_name, values in figures:
+                family.add_metric([sink_name], values[name])
+            yield family
 
 
 class _ShardCounters:
@@ -246,6 +294,11 @@ class Metrics:
             registry=r,
         ).set_function(lambda: 1.0 if leases.leader else 0.0)
         r.register(_ShardCounters(leases, state))
+
+    def watch_webhooks(self, sinks: Callable[[], Iterable[WebhookLike]]) -> None:
+        """Webhook sink metrics (``poller_webhook_*{sink}``) of the sinks ``sinks()`` returns
+        at each scrape (a reload may replace them)."""
+        self.registry.register(_WebhookCollector(sinks))
 
     def _status_label(self, status: str) -> str:
         """``status``, while fewer than :data:`MAX_STATUS_LABELS` distinct ones were seen:

@@ -22,6 +22,7 @@ from poller.core.stats import SweepStats
 from poller.engine.poller import Poller
 from poller.engine.sinks import FileSink, Sink, StdoutSink, sinks_from_config
 from poller.engine.sources import Stdin, UidFile, UidInput
+from poller.engine.state import resolve_state_dir
 from poller.engine.work import Plan, WorkBuilder, plan_targets
 
 from .exits import (
@@ -83,7 +84,7 @@ def _target(args: argparse.Namespace) -> TargetConfig:
 def _sinks(args: argparse.Namespace, config: PollerConfig) -> list[Sink]:
     if args.output:
         return [FileSink(args.output)] if args.output != "-" else [StdoutSink()]
-    return sinks_from_config(config.sinks)
+    return sinks_from_config(config.sinks, state_dir=resolve_state_dir(config.daemon.state_dir))
 
 
 def _apply_overrides(args: argparse.Namespace, config: PollerConfig) -> PollerConfig:

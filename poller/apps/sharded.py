@@ -25,6 +25,7 @@ from poller.config import PollerConfig
 from poller.core.errors import PollerError
 from poller.core.records import Record, Target, TargetKey
 from poller.engine.poller import Poller
+from poller.engine.sinks import wants_presence
 from poller.engine.work import WorkBuilder
 from poller.fleet import FleetUnavailable
 from poller.fleet.shards import ShardLeases
@@ -58,7 +59,7 @@ class FleetSweeps:
         self.leases = ShardLeases(fleet, shards=cluster.shards, ttl_s=cluster.lease_ttl_s)
         self.state = SharedState(fleet, interval_s=config.daemon.interval_s)
         self.interval_s = config.daemon.interval_s
-        self.emit_all = config.daemon.emit == "all"
+        self.presence = wants_presence(config.sinks, config.daemon.emit)
         self._poller = poller
         self._forgot_at = -math.inf
         work.discoverer = self._discover
@@ -81,8 +82,8 @@ class FleetSweeps:
     def reconfigure(self, config: PollerConfig) -> None:
         self.interval_s = self.state.interval_s = config.daemon.interval_s
 
-    def set_emit(self, emit: Literal["changes", "all"]) -> None:
-        self.emit_all = emit == "all"
+    def set_emit(self, emit: Literal["changes", "all"], *, presence: bool) -> None:
+        self.presence = presence
 
     @property
     def changes(self) -> int:
@@ -109,7 +110,7 @@ class FleetSweeps:
         return (await self.leases.refresh(start_s)).keep()
 
     async def process(self, records: list[Record]) -> list[Record]:
-        return await self.state.process(records, emit_all=self.emit_all)
+        return await self.state.process(records, presence=self.presence)
 
     async def end(self, sweep: int, targets: Sequence[TargetKey]) -> dict[TargetKey, int]:
         """After the sinks flushed the sweep: online UIDs per target among this member's

@@ -159,6 +159,35 @@ def _data_center(value: str | None) -> str | None:
     return f"must be a region ID such as cn-shanghai or ap-southeast-1; got {value!r}"
 
 
+RECORD_TYPES: Final = ("presence", "change", "error")
+#: Keys of one kind of sink only (``check-config`` shows them for that kind).
+WEBHOOK: Final = {"kinds": ("webhook",)}
+FILE: Final = {"kinds": ("file", "stdout")}
+
+
+def _record_types(value: tuple[str, ...] | None) -> str | None:
+    if value is None:
+        return None
+    bad = [t for t in value if t not in RECORD_TYPES]
+    if bad or not value:
+        return f"must be a non-empty list of {', '.join(RECORD_TYPES)}; got {list(value)!r}"
+    return None
+
+
+def _webhook_url(value: str) -> str | None:
+    if not value or re.match(r"https?://[^/\s]+", value):
+        return None
+    return "must be an http:// or https:// URL"
+
+
+def _headers(value: tuple[str, ...]) -> str | None:
+    for item in value:
+        name, sep, _ = item.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9-]+", name.strip()):
+            return "every item must be 'Name: value'"  # never the value: it may be a token
+    return None
+
+
 def _key_part(value: str) -> str | None:
     """A piece of a Redis key: no braces (they would break the hash tag), no spaces."""
     if any(c in value for c in "{} \t\r\n"):
@@ -481,14 +510,57 @@ class ClusterConfig(_Checked):
 class SinkConfig(_Checked):
     """One ``[[sinks]]`` entry; its errors name keys relative to the entry."""
 
-    kind: Literal["stdout", "file"] = "stdout"
-    path: Path | None = None
-    fsync: bool = False
+    kind: Literal["stdout", "file", "webhook"] = "stdout"
+    #: The record types this sink receives (presence, change, error). Unset: the daemon's
+    #: ``emit`` decides for stdout and file sinks; a webhook gets changes and errors.
+    types: tuple[str, ...] | None = field(default=None, metadata={"check": _record_types})
+    path: Path | None = field(default=None, metadata=FILE)
+    fsync: bool = field(default=False, metadata=FILE)
+    # -- webhook ------------------------------------------------------------------------------
+    #: The receiver's URL (http:// or https://); masked in ``check-config`` (it may hold a token).
+    url: str = field(
+        default="",
+        repr=False,
+        metadata={"check": _webhook_url, "secret": True, "mask": mask_url, **WEBHOOK},
+    )
+    #: The shared secret of the HMAC-SHA256 signature (or ``secret_env``: a variable's name).
+    secret: str = field(default="", repr=False, metadata={**SECRET, **WEBHOOK})
+    secret_env: str = field(default="", metadata=WEBHOOK)
+    #: Records per request, at most.
+    max_batch: int = field(default=500, metadata={**_between(1, 100_000), **WEBHOOK})
+    #: Where undelivered records wait; default: ``<state_dir>/spool/<hash of the url>``.
+    spool_dir: Path | None = field(default=None, metadata=WEBHOOK)
+    #: The spool's bound; beyond it the oldest undelivered records are dropped (and counted).
+    spool_max_mb: float = field(default=256.0, metadata={**FINITE_GT_0, **WEBHOOK})
+    #: One delivery attempt's timeout.
+    timeout_s: float = field(default=10.0, metadata={**FINITE_GT_0, **WEBHOOK})
+    ca_file: Path | None = field(default=None, metadata={**CA_BUNDLE, **WEBHOOK})
+    verify_tls: bool = field(default=True, metadata=WEBHOOK)
+    #: Extra request headers, ``"Name: value"``; ``${VAR}`` in a value is read from the
+    #: environment (a receiver's token). Masked in ``check-config``.
+    headers: tuple[str, ...] = field(
+        default=(), repr=False, metadata={"check": _headers, **SECRET, **WEBHOOK}
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.kind == "file" and self.path is None:
             raise ConfigError("required for a file sink", key="path")
+        if self.kind == "webhook":
+            if not self.url:
+                raise ConfigError("required for a webhook sink", key="url")
+            if not self.secret and not self.secret_env:
+                raise ConfigError("a webhook sink needs secret or secret_env", key="secret")
+            if self.secret and self.secret_env:
+                raise ConfigError("give either secret or secret_env, not both", key="secret_env")
+
+    def default_types(self, emit: Literal["changes", "all"]) -> tuple[str, ...]:
+        """The record types this sink receives when ``types`` is unset."""
+        if self.types is not None:
+            return self.types
+        if self.kind == "webhook" or emit == "changes":
+            return ("change", "error")
+        return RECORD_TYPES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

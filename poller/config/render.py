@@ -47,7 +47,11 @@ def toml_value(value: Any) -> str:
 
 
 def _entries(table: Any, *, mask_secrets: bool, keep_unset: bool) -> Iterator[str]:
+    kind = getattr(table, "kind", None)
     for f in dataclasses.fields(table):
+        kinds = f.metadata.get("kinds")
+        if kinds is not None and kind not in kinds:
+            continue  # a key of another kind of entry (a webhook's url for a file sink)
         value = getattr(table, f.name)
         if mask_secrets and f.metadata.get("secret"):
             value = f.metadata.get("mask", mask)(value)

@@ -63,8 +63,12 @@ class StateDelta:
 class ChangeTracker:
     """Per-target memory of each UID's last known state, keyed by the target's identity."""
 
-    def __init__(self, emit: Literal["changes", "all"] = "changes") -> None:
+    def __init__(
+        self, emit: Literal["changes", "all"] = "changes", *, presence: bool | None = None
+    ) -> None:
         self.emit = emit
+        #: Pass presence records on (some sink receives them); default: ``emit == "all"``.
+        self.presence = emit == "all" if presence is None else presence
         self._state: dict[TargetKey, dict[str, _Entry]] = {}
         self._first_sweep: dict[TargetKey, int] = {}
         self._dirty: dict[TargetKey, set[str]] = {}
@@ -107,7 +111,7 @@ class ChangeTracker:
         uid, online, join_time, sweep = rec["uid"], rec["online"], rec["join_time"], rec["sweep"]
         prev = states.get(uid)
         emit_all = self.emit == "all"
-        if emit_all:
+        if self.presence:
             out.append(rec)
         if prev is None or prev[0] is None:  # the first known state of this UID
             new = self._first_sweep[key] != sweep if prev is None else prev[3]

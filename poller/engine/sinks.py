@@ -42,11 +42,12 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol, runtime_checkable
 
 import orjson
 
 from poller.config import SinkConfig
+from poller.config.model import RECORD_TYPES
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import SinkError
 from poller.core.records import Record
@@ -57,10 +58,16 @@ __all__ = [
     "Reopenable",
     "Sink",
     "StdoutSink",
+    "TypedSink",
     "encode_records",
     "reopen_sinks",
     "sinks_from_config",
+    "wants_presence",
+    "webhooks_of",
 ]
+
+if TYPE_CHECKING:
+    from .webhook import WebhookSink
 
 log = logging.getLogger("poller.sinks")
 
@@ -388,11 +395,75 @@ class CallbackSink:
         return None
 
 
-def sinks_from_config(configs: Sequence[SinkConfig]) -> list[Sink]:
-    """The ``[[sinks]]`` of a config; standard output when there are none."""
+class TypedSink:
+    """Passes on only the records of ``types`` (``presence``, ``change``, ``error``) to ``sink``:
+    each ``[[sinks]]`` entry receives the types it asks for (``types``)."""
+
+    def __init__(self, sink: Sink, types: Iterable[str]) -> None:
+        self.sink = sink
+        self.types = frozenset(types)
+
+    def __repr__(self) -> str:
+        return f"<TypedSink {sorted(self.types)} {self.sink!r}>"
+
+    async def write(self, records: Sequence[Record]) -> None:
+        wanted = [r for r in records if r["type"] in self.types]
+        if wanted:
+            await self.sink.write(wanted)
+
+    async def flush(self) -> None:
+        await self.sink.flush()
+
+    async def aclose(self) -> None:
+        await self.sink.aclose()
+
+    async def reopen(self) -> None:
+        if isinstance(self.sink, Reopenable):
+            await self.sink.reopen()
+
+
+def webhooks_of(sinks: Iterable[Sink]) -> list[WebhookSink]:
+    """The webhook sinks among ``sinks`` (for metrics)."""
+    from .webhook import WebhookSink
+
+    found = []
+    for sink in sinks:
+        inner = sink.sink if isinstance(sink, TypedSink) else sink
+        if isinstance(inner, WebhookSink):
+            found.append(inner)
+    return found
+
+
+def wants_presence(configs: Sequence[SinkConfig], emit: Literal["changes", "all"]) -> bool:
+    """Whether any sink receives presence records (then the daemon produces them)."""
+    if not configs:
+        return emit == "all"
+    return any("presence" in c.default_types(emit) for c in configs)
+
+
+def sinks_from_config(
+    configs: Sequence[SinkConfig],
+    *,
+    emit: Literal["changes", "all"] = "all",
+    state_dir: Path | None = None,
+    clock: Clock | None = None,
+) -> list[Sink]:
+    """The ``[[sinks]]`` of a config (standard output when there are none), each receiving the
+    record types it asks for (``types``; unset: what ``emit`` says, or changes and errors for
+    a webhook). A webhook's spool defaults to a folder of ``state_dir``."""
     if not configs:
         return [StdoutSink()]
-    return [
-        FileSink(c.path, fsync=c.fsync) if c.kind == "file" and c.path else StdoutSink()
-        for c in configs
-    ]
+    sinks: list[Sink] = []
+    for config in configs:
+        sink: Sink
+        if config.kind == "webhook":
+            from .webhook import open_webhook  # aiohttp's session only when there is a webhook
+
+            sink = open_webhook(config, state_dir=state_dir, clock=clock)
+        elif config.kind == "file" and config.path:
+            sink = FileSink(config.path, fsync=config.fsync)
+        else:
+            sink = StdoutSink()
+        types = config.default_types(emit)
+        sinks.append(sink if set(types) == set(RECORD_TYPES) else TypedSink(sink, types))
+    return sinks

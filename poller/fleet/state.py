@@ -98,14 +98,14 @@ class SharedState:
 
     # -- poll results ---------------------------------------------------------------------------
 
-    async def process(self, records: list[Record], *, emit_all: bool) -> list[Record]:
+    async def process(self, records: list[Record], *, presence: bool) -> list[Record]:
         """The records a member writes for one batch of sweep records: its presence records
-        (with ``emit_all``), error records and the transitions the fleet's state shows."""
+        (with ``presence``), error records and the transitions the fleet's state shows."""
         out: list[Record] = []
         by_target: dict[TargetKey, list[Record]] = {}
         for rec in records:
             if rec["type"] == "presence":
-                if emit_all:
+                if presence:
                     out.append(rec)
                 key = target_key(rec)
                 if rec["online"]:

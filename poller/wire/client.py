@@ -41,6 +41,7 @@ import logging
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 from urllib.parse import parse_qsl
@@ -75,7 +76,7 @@ from .signing import (
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["BatchFetcher", "LiveClient", "OnlineUsersAnswer"]
+__all__ = ["BatchFetcher", "LiveClient", "OnlineUsersAnswer", "tls_context"]
 
 log = logging.getLogger("poller.client")
 
@@ -121,22 +122,27 @@ class _Transport(Protocol):
 
 
 def ssl_context_for(api: ApiConfig) -> ssl.SSLContext | None:
-    """The TLS context for ``api`` (``None`` over plain HTTP): the system store, plus
-    ``api.ca_file`` if set; no verification at all only with ``verify_tls = false``."""
+    """The TLS context for ``api`` (``None`` over plain HTTP): see :func:`tls_context`."""
     if api.protocol != "https":
         return None
-    if not api.verify_tls:
-        log.warning("TLS certificate verification is DISABLED (api.verify_tls = false)")
+    return tls_context(verify=api.verify_tls, ca_file=api.ca_file, key="api")
+
+
+def tls_context(*, verify: bool, ca_file: Path | None, key: str) -> ssl.SSLContext:
+    """The system store, plus ``ca_file`` if set; no verification at all only with
+    ``verify=False`` (logged as a warning naming ``key``, the config section)."""
+    if not verify:
+        log.warning("TLS certificate verification is DISABLED (%s.verify_tls = false)", key)
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     ctx = ssl.create_default_context()
-    if api.ca_file is not None:
+    if ca_file is not None:
         try:
-            ctx.load_verify_locations(cafile=str(api.ca_file))
+            ctx.load_verify_locations(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load the CA bundle: {exc}", key="api.ca_file") from exc
+            raise ConfigError(f"cannot load the CA bundle: {exc}", key=f"{key}.ca_file") from exc
     return ctx
 
 
