@@ -46,29 +46,47 @@ async def discover_members(
     Each page goes through ``retrier`` (policy, budget, events) and pays ``meter``; a page
     that still fails raises its error.
     """
-    if api_spec(target.api).list_action == LIVE_LIST_ACTION:
-        return await _list_live(client, target, retrier, meter)
+    live = api_spec(target.api).list_action == LIVE_LIST_ACTION
+    action = LIVE_LIST_ACTION if live else LIST_ACTION
     members: list[str] = []
-    for page in range(1, MAX_PAGES + 1):
-        params = {
-            "AppId": target.app_id,
-            "GroupId": target.group_id or "",
-            "PageNum": str(page),
-            "PageSize": str(PAGE_SIZE),
-            "SortType": "1",
-        }
+    cursor = 0 if live else 1  # the next page's token (0: the first page) or number
+    for _ in range(MAX_PAGES):
+        params = _live_params(target, cursor) if live else _legacy_params(target, cursor)
 
-        async def fetch_page(params: dict[str, str] = params) -> tuple[list[str], bool]:
-            data, request_id = await client.call(LIST_ACTION, params)
-            return _parse_page(data, request_id)
+        async def fetch_page(params: dict[str, str] = params) -> tuple[list[str], int]:
+            data, request_id = await client.call(action, params)
+            if live:
+                return _parse_live_page(data, request_id)
+            users, has_more = _parse_page(data, request_id)
+            return users, cursor + 1 if has_more else 0
 
-        outcome = await retrier.run(fetch_page, meter, action=LIST_ACTION)
-        users, has_more = outcome.unwrap()
+        outcome = await retrier.run(fetch_page, meter, action=action)
+        users, cursor = outcome.unwrap()
         members.extend(users)
-        if not has_more or not users:
+        if not cursor or not users:
             return members
     log.warning("group %s has more than %d pages; stopped there", target, MAX_PAGES)
     return members
+
+
+def _legacy_params(target: Target, page: int) -> dict[str, str]:
+    return {
+        "AppId": target.app_id,
+        "GroupId": target.group_id or "",
+        "PageNum": str(page),
+        "PageSize": str(PAGE_SIZE),
+        "SortType": "1",
+    }
+
+
+def _live_params(target: Target, token: int) -> dict[str, str]:
+    params = {"AppId": target.app_id, "GroupId": target.group_id or ""}
+    params.update(PageSize=str(PAGE_SIZE), SortType="2")
+    if token:
+        params["NextPageToken"] = str(token)
+    if target.data_center is not None:
+        params["DataCenter"] = target.data_center
+    return params
 
 
 def _parse_page(data: dict[str, object], request_id: str) -> tuple[list[str], bool]:
@@ -81,39 +99,7 @@ def _parse_page(data: dict[str, object], request_id: str) -> tuple[list[str], bo
         raise MalformedResponse(
             "ListMessageGroupUser Result has the wrong shape", request_id=request_id
         )
-    users = []
-    for entry in user_list:
-        uid = entry.get("UserId") if isinstance(entry, dict) else None
-        if not isinstance(uid, str):
-            raise MalformedResponse("UserList entry without a UserId", request_id=request_id)
-        users.append(uid)
-    return users, has_more
-
-
-async def _list_live(
-    client: _Caller, target: Target, retrier: Retrier, meter: RateMeter
-) -> list[str]:
-    members: list[str] = []
-    token = 0
-    for _ in range(MAX_PAGES):
-        params = {"AppId": target.app_id, "GroupId": target.group_id or ""}
-        params.update(PageSize=str(PAGE_SIZE), SortType="2")
-        if token:
-            params["NextPageToken"] = str(token)
-        if target.data_center is not None:
-            params["DataCenter"] = target.data_center
-
-        async def fetch_page(params: dict[str, str] = params) -> tuple[list[str], int]:
-            data, request_id = await client.call(LIVE_LIST_ACTION, params)
-            return _parse_live_page(data, request_id)
-
-        outcome = await retrier.run(fetch_page, meter, action=LIVE_LIST_ACTION)
-        users, token = outcome.unwrap()
-        members.extend(users)
-        if not token or not users:
-            return members
-    log.warning("group %s has more than %d pages; stopped there", target, MAX_PAGES)
-    return members
+    return _user_ids(user_list, request_id), has_more
 
 
 def _parse_live_page(data: dict[str, object], request_id: str) -> tuple[list[str], int]:
@@ -125,10 +111,14 @@ def _parse_live_page(data: dict[str, object], request_id: str) -> tuple[list[str
         raise MalformedResponse(
             f"{LIVE_LIST_ACTION} answer has the wrong shape", request_id=request_id
         )
+    return _user_ids(user_list, request_id), token if has_more else 0
+
+
+def _user_ids(user_list: list[object], request_id: str) -> list[str]:
     users = []
     for entry in user_list:
         uid = entry.get("UserId") if isinstance(entry, dict) else None
         if not isinstance(uid, str):
             raise MalformedResponse("UserList entry without a UserId", request_id=request_id)
         users.append(uid)
-    return users, token if has_more else 0
+    return users
