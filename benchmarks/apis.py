@@ -16,9 +16,9 @@ UID file (``--uids-file``), the emulator's counters reset before each:
 Per action: UIDs/s (records over the span of their ``polled_at``, plus one request's share)
 as a fraction of its ceiling (IDs per request x its limit), the emulator's max requests in
 any 1-s window of that action, throttled answers, and the CPU (user + sys of the ``poller once``
-process, less that of a one-UID run: start-up and imports) per 1,000 requests of the run. Targets: the newer action alone
->= 97 % of 500 UIDs/s with a window <= 50; the legacy action >= 95 % of 2,000 UIDs/s while the
-newer one runs beside it; 0 throttled everywhere.
+process, less that of a one-UID run: start-up and imports) per 1,000 requests of the run.
+Targets: the newer action alone >= 97 % of 500 UIDs/s with a window <= 50; the legacy action
+>= 95 % of 2,000 UIDs/s while the newer one runs beside it; 0 throttled everywhere.
 """
 
 from __future__ import annotations

@@ -53,12 +53,14 @@ async def discover_members(
     for _ in range(MAX_PAGES):
         params = _live_params(target, cursor) if live else _legacy_params(target, cursor)
 
-        async def fetch_page(params: dict[str, str] = params) -> tuple[list[str], int]:
+        async def fetch_page(
+            params: dict[str, str] = params, page: int = cursor
+        ) -> tuple[list[str], int]:
             data, request_id = await client.call(action, params)
             if live:
                 return _parse_live_page(data, request_id)
             users, has_more = _parse_page(data, request_id)
-            return users, cursor + 1 if has_more else 0
+            return users, page + 1 if has_more else 0
 
         outcome = await retrier.run(fetch_page, meter, action=action)
         users, cursor = outcome.unwrap()
