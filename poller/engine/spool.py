@@ -80,7 +80,6 @@ entry behind that a later put or open would deliver.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import re
@@ -96,6 +95,8 @@ from typing import Final, Self, TypeVar
 
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import ConfigError, SinkError
+
+from .dirlock import DirectoryBusy, lock_directory
 
 __all__ = [
     "ENTRY_OVERHEAD",
@@ -374,25 +375,14 @@ class Spool:
 
     def _take_lock(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise SpoolError(f"cannot use spool directory {self.directory}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
+            self._lock_fd = lock_directory(self.directory, LOCK_FILE)
+        except DirectoryBusy as busy:
             raise SpoolLocked(
-                f"spool directory {self.directory} is in use by another sink (pid {pid});"
+                f"spool directory {self.directory} is in use by another sink (pid {busy.pid});"
                 " each webhook sink needs its own spool_dir"
             ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        self._lock_fd = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            raise SpoolError(f"cannot use spool directory {self.directory}: {exc}") from exc
 
     def _close_sync(self) -> None:
         if not self._open and self._lock_fd is None:

@@ -30,7 +30,6 @@ once, de-duplicated by version), and never loses one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -41,6 +40,8 @@ from typing import Final
 from poller.core.changes import StateDelta, UidState
 from poller.core.errors import ConfigError
 from poller.core.records import TargetKey
+
+from .dirlock import DirectoryBusy, lock_directory
 
 __all__ = [
     "LOCK_FILE",
@@ -139,22 +140,14 @@ class StateStore:
     def lock(self) -> None:
         """Take the directory's lock (creating the directory), or raise :class:`StateError`."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StateError(f"cannot use state_dir {self.directory}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
+            self._lock_fd = lock_directory(self.directory, LOCK_FILE)
+        except DirectoryBusy as busy:
             raise StateError(
-                f"state_dir {self.directory} is in use by another poller daemon (pid {pid});"
+                f"state_dir {self.directory} is in use by another poller daemon (pid {busy.pid});"
                 " each daemon needs its own [daemon] state_dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        except OSError as exc:
+            raise StateError(f"cannot use state_dir {self.directory}: {exc}") from exc
 
     def close(self) -> None:
         """Close the state file and release the lock."""
