@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+import trustme
 from aiohttp import web
 
 from poller.config import SinkConfig, parse_config, render_toml
@@ -40,6 +42,7 @@ class Receiver:
         self.requests = 0
         self.script: list[Any] = []
         self.port = 0
+        self.scheme = "http"
         self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -56,14 +59,15 @@ class Receiver:
         self.batches.append(orjson.loads(body)["records"])
         return web.Response(status=200, text="ok")
 
-    async def start(self, port: int = 0) -> None:
+    async def start(self, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
         app = web.Application()
         app.router.add_post("/hook", self.handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.scheme = "https" if ssl_context is not None else "http"
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -72,7 +76,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{self.scheme}://127.0.0.1:{self.port}/hook"
 
     def records(self) -> list[dict[str, Any]]:
         return [r for batch in self.batches for r in batch]
@@ -343,3 +347,34 @@ def test_check_config_refuses_a_webhook_whose_secret_variable_is_unset(tmp_path:
     assert result.returncode == 78
     assert "sinks[0].secret_env" in result.stderr and "is not set" in result.stderr
     assert 'url = "https://hooks.example.test/p"' in result.stdout  # printed first
+
+
+async def test_an_https_receiver_is_trusted_through_ca_file_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    receiver = Receiver()
+    await receiver.start(ssl_context=server_context)
+    try:
+        untrusted = sink_for(receiver.url, tmp_path / "a", QuickClock())
+        with caplog.at_level(logging.WARNING, logger="poller.sinks"):
+            await untrusted.write([change("u1", 1)])
+            for _ in range(500):  # bounded: until the first failed attempt
+                if untrusted.stats.retried:
+                    break
+                await asyncio.sleep(0.01)
+            await untrusted.aclose()
+        assert receiver.records() == []  # refused: the batch stays in the spool
+        assert any("certificate" in r.getMessage().lower() for r in caplog.records)
+        trusted = sink_for(receiver.url, tmp_path / "a", QuickClock(), ca_file=tmp_path / "ca.pem")
+        try:
+            await trusted.open()  # the batch the untrusted sink spooled
+            await delivered(receiver, 1)
+        finally:
+            await trusted.aclose()
+    finally:
+        await receiver.stop()
+    assert [r["uid"] for r in receiver.records()] == ["u1"]

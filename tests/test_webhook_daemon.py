@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +152,30 @@ def test_changes_reach_the_receiver_across_an_outage_and_a_kill(
     for r in receiver.changes():
         per_uid[r["uid"]].append(r["version"])
     assert all(v == sorted(v) for v in per_uid.values())  # in order per user
+
+
+def test_poller_once_delivers_its_records_before_it_exits(
+    tmp_path: Path, receiver: ThreadedReceiver
+) -> None:
+    uids = [f"user-{i:06d}" for i in range(1, 121)]
+    with EmulatorProcess("--group", "demo-app/g:120") as emu:
+        config = tmp_path / "once.toml"
+        config.write_text(
+            emu.config_toml()
+            + f'\n[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+            + '\n[[sinks]]\nkind = "webhook"\n'
+            + f'url = "http://127.0.0.1:{receiver.port}/hook"\nsecret = "{SECRET}"\n'
+            + 'types = ["presence", "error"]\nmax_batch = 50\n'
+        )
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "poller", "once", "--config", str(config)),
+                *("--target", "demo-app/g", "--uids", ",".join(uids), "-q"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    assert sorted(r["uid"] for r in receiver.records) == uids  # all there when it exited
+    assert receiver.bad_signatures == 0 and SECRET not in result.stderr
