@@ -93,14 +93,15 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 class QuickClock:
-    """The real clock, whose sleeps are recorded and cut short (backoff without waiting)."""
+    """The real clock, whose sleeps are recorded and cut short (backoff without waiting); the
+    monotonic time moves on by what was slept, as if the sleeps had been whole."""
 
     def __init__(self) -> None:
         self._base = system_clock()
         self.slept: list[float] = []
 
     def monotonic(self) -> float:
-        return self._base.monotonic()
+        return self._base.monotonic() + sum(self.slept)
 
     def time(self) -> float:
         return self._base.time()
@@ -170,6 +171,7 @@ async def test_500_and_429_are_retried_and_retry_after_is_honoured(
     sink = sink_for(receiver.url, tmp_path / "spool", clock)
     try:
         await sink.write([change("u1", 1), change("u2", 4)])
+        await sink.flush()  # the end of a sweep
         await delivered(receiver, 2)
     finally:
         await sink.aclose()
@@ -185,6 +187,7 @@ async def test_a_receiver_that_hangs_is_timed_out_and_tried_again(
     sink = sink_for(receiver.url, tmp_path / "spool", QuickClock(), timeout_s=0.3)
     try:
         await sink.write([change("u1", 1)])
+        await sink.flush()  # the end of a sweep
         await delivered(receiver, 1)
     finally:
         await sink.aclose()
@@ -199,7 +202,9 @@ async def test_a_4xx_refusal_is_logged_and_not_retried(
     try:
         with caplog.at_level(logging.ERROR, logger="poller.sinks"):
             await sink.write([change("refused", 1)])
+            await sink.flush()  # the end of a sweep
             await sink.write([change("next", 1)])
+            await sink.flush()  # the end of a sweep
             await delivered(receiver, 1)
     finally:
         await sink.aclose()
@@ -218,6 +223,7 @@ async def test_records_wait_while_the_receiver_is_away_and_arrive_in_order(
     try:
         for i in range(10):
             await sink.write([change(f"u{i}", 1)])  # never waits for the receiver
+            await sink.flush()  # the end of a sweep
         assert sink.spool.entries == 10
         await receiver.start(port)  # back on the same address
         await delivered(receiver, 10)
@@ -233,7 +239,9 @@ async def test_a_restarted_sink_delivers_what_its_spool_kept(
     await receiver.stop()
     first = sink_for(receiver.url, tmp_path / "spool", QuickClock())
     await first.write([change("a", 1), change("b", 1)])
+    await first.flush()  # the end of a sweep
     await first.write([change("c", 2)])
+    await first.flush()  # the end of a sweep
     await first.aclose()  # the poller stops; the receiver never answered
     await receiver.start(port)
     second = sink_for(receiver.url, tmp_path / "spool", QuickClock())
@@ -317,6 +325,7 @@ async def test_closing_delivers_the_spool_first_unless_the_receiver_is_failing(
     await receiver.stop()
     away = sink_for(receiver.url, tmp_path / "two", QuickClock(), timeout_s=60.0)
     await away.write([change("late", 1)])
+    await away.flush()  # the end of a sweep
     with caplog.at_level(logging.WARNING, logger="poller.sinks"):
         async with asyncio.timeout(10):  # not the 60-s drain: the receiver is failing
             for _ in range(500):
@@ -360,8 +369,9 @@ async def test_an_https_receiver_is_trusted_through_ca_file_only(
     await receiver.start(ssl_context=server_context)
     try:
         untrusted = sink_for(receiver.url, tmp_path / "a", QuickClock())
-        with caplog.at_level(logging.WARNING, logger="poller.sinks"):
+        with caplog.at_level(logging.INFO, logger="poller.sinks"):
             await untrusted.write([change("u1", 1)])
+            await untrusted.flush()  # the end of a sweep
             for _ in range(500):  # bounded: until the first failed attempt
                 if untrusted.stats.retried:
                     break
@@ -378,3 +388,29 @@ async def test_an_https_receiver_is_trusted_through_ca_file_only(
     finally:
         await receiver.stop()
     assert [r["uid"] for r in receiver.records()] == ["u1"]
+
+
+async def test_a_lone_failure_is_info_and_a_long_one_one_warning(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = sink_for(receiver.url, tmp_path / "spool", QuickClock())
+    try:
+        with caplog.at_level(logging.INFO, logger="poller.sinks"):
+            receiver.script = [web.Response(status=500)]
+            await sink.write([change("u1", 1)])
+            await sink.flush()
+            await delivered(receiver, 1)
+            lone = [(r.levelname, r.getMessage()) for r in caplog.records]
+            caplog.clear()
+            receiver.script = [web.Response(status=503) for _ in range(12)]  # a minute of backoff
+            await sink.write([change("u2", 1)])
+            await sink.flush()
+            await delivered(receiver, 2)
+            long = [(r.levelname, r.getMessage()) for r in caplog.records]
+    finally:
+        await sink.aclose()
+    assert [level for level, _ in lone] == ["INFO", "INFO"]  # failed, delivering again
+    warnings = [text for level, text in long if level == "WARNING"]
+    assert len(warnings) == 2, long
+    assert "failing for" in warnings[0] and "HTTP 503" in warnings[0]
+    assert "delivering again after" in warnings[1]

@@ -62,7 +62,9 @@ BATCH_HEADER: Final = "X-Poller-Batch"
 #: A ``Retry-After`` longer than this is capped.
 MAX_RETRY_AFTER_S: Final = 300.0
 BACKOFF_BASE_S: Final = 0.5
-BACKOFF_CAP_S: Final = 60.0
+BACKOFF_CAP_S: Final = 15.0
+#: A receiver failing for this long is a WARNING (shorter failures are logged at INFO).
+FAILING_WARN_S: Final = 30.0
 
 
 def idempotency_key(record: Record) -> str:
@@ -142,6 +144,8 @@ class WebhookSink:
         self._task: asyncio.Task[None] | None = None
         self._opened = False
         self._failing_since: float | None = None
+        self._failing_warned = False
+        self._pending: list[Record] = []  # written, not yet a whole batch (see flush)
 
     def __repr__(self) -> str:
         return f"<WebhookSink {self.name}>"
@@ -164,34 +168,46 @@ class WebhookSink:
     # -- the Sink protocol ----------------------------------------------------------------------
 
     async def write(self, records: Sequence[Record]) -> None:
+        """Gather records into batches of ``max_batch``; each full batch goes to the spool (a
+        sweep's answers come 20 at a time: one request each would waste the receiver's time)."""
         if not records:
             return
         await self.open()
-        for start in range(0, len(records), self._max_batch):
-            chunk = records[start : start + self._max_batch]
-            body = orjson.dumps(
-                {"records": [{**r, "idempotency_key": idempotency_key(r)} for r in chunk]}
-            )
-            self._idle.clear()
-            try:
-                await self.spool.put(b"%d\n" % len(chunk) + body)
-            except SpoolError as exc:  # a full or failing disk: said loudly, polling goes on
-                self.stats.lost_records += len(chunk)
-                log.error(
-                    "webhook %s: %d records could not be spooled and are lost: %s",
-                    self.name,
-                    len(chunk),
-                    exc,
-                )
-        self._wake.set()
+        self._pending.extend(records)
+        while len(self._pending) >= self._max_batch:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            await self._spool_batch(batch)
 
     async def flush(self) -> None:
-        """Nothing to wait for: written records are on disk in the spool."""
+        """Spool the last, partial batch: after a flush every record written is on disk (the
+        daemon saves its state only after flushing, so a crash before loses nothing)."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            await self._spool_batch(batch)
+
+    async def _spool_batch(self, batch: list[Record]) -> None:
+        body = orjson.dumps(
+            {"records": [{**r, "idempotency_key": idempotency_key(r)} for r in batch]}
+        )
+        self._idle.clear()
+        try:
+            await self.spool.put(b"%d\n" % len(batch) + body)
+        except SpoolError as exc:  # a full or failing disk: said loudly, polling goes on
+            self.stats.lost_records += len(batch)
+            log.error(
+                "webhook %s: %d records could not be spooled and are lost: %s",
+                self.name,
+                len(batch),
+                exc,
+            )
+        self._wake.set()
 
     async def aclose(self) -> None:
         """Deliver what the spool holds for up to ``timeout_s`` more (a one-shot run usually
         ends with everything delivered), then stop; the spool keeps the rest for the next
         start, which says so."""
+        await self.flush()
         if self._task is not None and self._failing_since is None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._drain_s):
@@ -284,19 +300,30 @@ class WebhookSink:
         return None
 
     def _failing(self, reason: str) -> None:
+        """A failed attempt: INFO at first (a lone 500 is retried and forgotten), one WARNING
+        once the receiver has been failing for :data:`FAILING_WARN_S`."""
+        now = self._clock.monotonic()
         if self._failing_since is None:
-            self._failing_since = self._clock.monotonic()
+            self._failing_since = now
+            log.info("webhook %s: delivery failed (%s); retrying", self.name, reason)
+        elif not self._failing_warned and now - self._failing_since >= FAILING_WARN_S:
+            self._failing_warned = True
             log.warning(
-                "webhook %s: delivery failing (%s); records wait in the spool and are retried",
+                "webhook %s: delivery failing for %.0f s (now: %s); records wait in the spool"
+                " (%d batches) and are retried",
                 self.name,
+                now - self._failing_since,
                 reason,
+                self.spool.entries,
             )
 
     def _recovered(self) -> None:
         if self._failing_since is not None:
             outage = self._clock.monotonic() - self._failing_since
-            self._failing_since = None
-            log.warning(
+            level = logging.WARNING if self._failing_warned else logging.INFO
+            self._failing_since, self._failing_warned = None, False
+            log.log(
+                level,
                 "webhook %s: delivering again after %.1f s; %d batches still spooled",
                 self.name,
                 outage,
