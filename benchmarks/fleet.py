@@ -31,14 +31,12 @@ status 1 on a MISS.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import os
 import platform
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +46,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 
@@ -58,6 +56,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:  # ``python benchmarks/fleet.py`` puts only benchmarks/ on the path
     sys.path.insert(0, str(REPO))
+
+from children import CHILDREN, kill_children, log, stop_children_on_exit  # noqa: E402
 
 from tests.redisserver import RedisServer  # noqa: E402  (needs REPO on sys.path)
 
@@ -71,25 +71,6 @@ ACCOUNT = "acct"  # [cluster] account, and the emulator account of the two-key r
 KEYS = (("demo-key", "demo-secret"), ("other-key", "other-secret"))
 REDIS_CLI = "/usr/bin/redis-cli"
 SCRIPT_COMMANDS = ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro")
-
-_CHILDREN: set[subprocess.Popen[bytes]] = set()
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _kill_children() -> None:
-    for proc in list(_CHILDREN):
-        if proc.poll() is None:
-            proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-        _CHILDREN.discard(proc)
-
-
-def _on_signal(signum: int, frame: Any) -> NoReturn:
-    raise SystemExit(128 + signum)  # unwinds the with-blocks: emulator, Redis, pollers stopped
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -357,7 +338,7 @@ def run_members(
             argv += ["--target", f"{APP_ID}/{GROUP_ID}", "--uids-file", str(uids_file)]
             with out.open("wb") as fo, err.open("wb") as fe:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe)
-            _CHILDREN.add(proc)
+            CHILDREN.add(proc)
             procs.append((f"m{i}", proc, out, err))
         for name, proc, _, _ in procs:
             try:
@@ -372,7 +353,7 @@ def run_members(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            _CHILDREN.discard(proc)
+            CHILDREN.discard(proc)
     usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cores_busy = busy_share(cores0, core_times())
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
@@ -658,9 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     if not counts or min(counts) < 1 or args.uids < 1:
         parser.error("--members and --uids must be positive")
 
-    atexit.register(_kill_children)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    stop_children_on_exit()
     pin = Pinning.choose(not args.no_pin)
     if pin.client is not None:
         os.sched_setaffinity(0, {pin.client})  # the pollers inherit it
@@ -676,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_two_keys:
             pairs.append(scenario(2, 2, args.uids, uids_file, pin, workdir))
     finally:
-        _kill_children()
+        kill_children()
         if args.keep_tmp:
             log(f"kept {workdir}")
         else:

@@ -61,7 +61,6 @@ and SIGHUP included). Everything binds and connects to 127.0.0.1 or unix sockets
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import math
 import os
@@ -78,7 +77,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 
@@ -88,6 +87,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:  # ``python benchmarks/shards.py`` puts only benchmarks/ on the path
     sys.path.insert(0, str(REPO))
+
+from children import CHILDREN, kill_children, log, stop_children_on_exit  # noqa: E402
 
 from tests.daemons import DaemonProcess, base_config, target  # noqa: E402
 from tests.redisserver import RedisServer, find_redis_server  # noqa: E402
@@ -104,25 +105,6 @@ POST_COVERED = 3
 STARTUP_S = 60.0
 #: SIGTERM: drain_timeout_s (10 s by default) plus margin.
 STOP_S = 30.0
-
-_CHILDREN: set[subprocess.Popen[bytes]] = set()
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _kill_children() -> None:
-    for proc in list(_CHILDREN):
-        if proc.poll() is None:
-            proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-        _CHILDREN.discard(proc)
-
-
-def _on_signal(signum: int, frame: Any) -> NoReturn:
-    raise SystemExit(128 + signum)  # unwinds the with-blocks: daemons, Redis, emulator stopped
 
 
 def _parse_ts(ts: str) -> float:
@@ -163,7 +145,7 @@ class Member:
         self.name = name
         self.spawned_at = time.time()
         self.daemon = DaemonProcess(workdir / name, config)
-        _CHILDREN.add(self.daemon.proc)
+        CHILDREN.add(self.daemon.proc)
         self._records = Feed(self.daemon.out)
         self._logs = Feed(self.daemon.err_path)
         self.events: list[dict[str, Any]] = []
@@ -222,14 +204,14 @@ class Member:
             self.exit_code = None
         if self.signalled_at is not None:
             self.exit_s = time.time() - self.signalled_at
-        _CHILDREN.discard(self.proc)
+        CHILDREN.discard(self.proc)
         self.daemon.close()
 
     def kill(self) -> None:
         if self.running():
             self.proc.kill()
             self.proc.wait()
-        _CHILDREN.discard(self.proc)
+        CHILDREN.discard(self.proc)
         self.daemon.close()
 
 
@@ -1098,9 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
     if find_redis_server() is None:
         parser.error("redis-server not found")
 
-    atexit.register(_kill_children)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    stop_children_on_exit()
     cores = sorted(os.sched_getaffinity(0))
     pin = cores[1] if args.pin and len(cores) >= 2 else None
     if pin is not None:
@@ -1117,7 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in args.scenarios:
                     scenarios.append(run_scenario(kind, size, emu, uids_file, args, workdir))
     finally:
-        _kill_children()
+        kill_children()
         if args.keep_tmp:
             log(f"kept {workdir}")
         else:
