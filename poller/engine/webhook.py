@@ -1,10 +1,12 @@
 """The webhook sink: records POSTed as signed JSON batches, through a durable spool.
 
-Every ``write`` puts its records, in batches of at most ``max_batch``, into a spool on disk
-(:class:`~poller.engine.spool.Spool`) and returns: polling never waits for the receiver. A
-delivery task sends the spool's oldest batch, and removes it only once the receiver answered
-2xx, so batches arrive in order and at least once, across receiver outages and poller restarts
-(``kill -9`` included: what was in the spool is sent after the restart).
+Written records are gathered into batches of ``max_batch``; each whole batch, and at
+``flush`` (the end of a sweep) the partial one, goes into a spool on disk
+(:class:`~poller.engine.spool.Spool`): polling never waits for the receiver. A delivery task
+sends the spool's oldest batch, and removes it only once the receiver answered 2xx, so batches
+arrive in order and at least once, across receiver outages and poller restarts (``kill -9``
+included: what was in the spool is sent after the restart; what was not flushed yet was not
+saved in the daemon's state either, and is decided again).
 
 The request::
 
