@@ -18,6 +18,7 @@ from poller.core.ratelimit import RateStats
 from poller.core.records import Batch
 from poller.wire.client import OnlineUsersAnswer
 from tests.daemons import DaemonProcess
+from tests.pgserver import PostgresServer, find_postgres_bindir
 from tests.redisserver import RedisServer, find_redis_server
 
 
@@ -195,4 +196,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
             pytest.fail("redis-server not found: CI must install it (apt-get install redis-server)")
         pytest.skip("redis-server not found; install it with: sudo apt-get install redis-server")
     with RedisServer(tmp_path / "redis", binary) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_server(tmp_path: Path) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server with a fresh cluster, on a unix socket only, as ``nobody`` when
+    the tests run as root: ``.dsn`` for clients (database and superuser ``poller``, no password),
+    ``.stop()``/``.start()``/``.restart()``, ``.kill()`` for a crash. Skipped when the binaries are
+    missing, except on CI (``CI=true``), where that is a failure."""
+    bindir = find_postgres_bindir()
+    if bindir is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("PostgreSQL not found: CI must install it (apt-get install postgresql)")
+        pytest.skip("PostgreSQL not found; install it with: sudo apt-get install postgresql")
+    with PostgresServer(tmp_path / "postgres", bindir) as server:
         yield server
