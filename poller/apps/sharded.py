@@ -62,6 +62,7 @@ class FleetSweeps:
         self.presence = wants_presence(config.sinks, config.daemon.emit)
         self._poller = poller
         self._forgot_at = -math.inf
+        self._start_s = 0.0  # the Redis time of the sweep next_sweep() scheduled
         work.discoverer = self._discover
         metrics.watch_shards(self.leases, self.state)
         readiness.shards = self.leases
@@ -97,7 +98,8 @@ class FleetSweeps:
         start on the local monotonic clock."""
         interval = self.interval_s
         aligned = math.floor(self.fleet.redis_time() / interval) + 1
-        start = self.fleet.local_time(aligned * interval)
+        self._start_s = aligned * interval  # on Redis's clock, for begin()
+        start = self.fleet.local_time(self._start_s)
         # Numbers only grow (a longer interval after a reload gives smaller multiples).
         number = aligned if last is None or aligned > last else last + 1
         return number, start
@@ -106,7 +108,7 @@ class FleetSweeps:
 
     async def begin(self, number: int | None) -> Callable[[str], bool]:
         """Tick the leases: which UIDs sweep ``number`` polls (those of the shards held)."""
-        start_s = None if number is None else number * self.interval_s
+        start_s = None if number is None else self._start_s
         return (await self.leases.refresh(start_s)).keep()
 
     async def process(self, records: list[Record]) -> list[Record]:
