@@ -1,4 +1,4 @@
-"""Command line: ``poller demo | once | run | check-config | state | cluster | emulator``.
+"""Command line: ``poller demo | once | run | check-config | state | cluster | db | emulator``.
 
 Records go to stdout (or ``--output``), logs and progress to stderr. Exit codes: 0 success,
 2 usage, 77 permission denied for every request, 78 configuration or credentials rejected,
@@ -69,7 +69,8 @@ def _check_runnable(config: PollerConfig) -> None:
     """Raise the ConfigError ``poller run`` would stop on before its first sweep, in its order:
     the daemon's target plans (no ``[[targets]]``; a missing UID file without a good copy in the
     state directory), the credentials chain, a proxy the builtin transport cannot use, then
-    what a webhook sink needs from the environment (its secret, header variables, CA bundle)."""
+    what webhook and PostgreSQL sinks need from the environment (secrets, header variables, a
+    CA bundle); the database itself is not contacted (``poller db init`` does)."""
     from poller.apps.daemon import daemon_plans
     from poller.engine.state import resolve_state_dir
     from poller.engine.work import WorkBuilder
@@ -81,11 +82,11 @@ def _check_runnable(config: PollerConfig) -> None:
     resolve_credentials(config.credentials)
     check_builtin_transport(config.api)
     for i, sink in enumerate(config.sinks):
-        if sink.kind == "webhook":  # its secret, header variables and CA bundle, unopened
-            from poller.engine.webhook import open_webhook
+        if sink.kind in ("webhook", "postgres"):  # secrets from the environment, CA; unopened
+            from poller.engine.sinks import sinks_from_config
 
             try:
-                open_webhook(sink, state_dir=state_dir)
+                sinks_from_config([sink], emit=config.daemon.emit, state_dir=state_dir)
             except ConfigError as exc:
                 key = (exc.key or "url").rpartition(".")[2]  # "sinks.ca_file" -> "ca_file"
                 raise ConfigError(
@@ -143,6 +144,44 @@ def _cluster_command(args: argparse.Namespace) -> int:
         print_error(f"cannot read the fleet from Redis: {exc}")
         return EX_UNAVAILABLE
     print(render_cluster(view), end="")
+    return EX_OK
+
+
+def _db_command(args: argparse.Namespace) -> int:
+    """``poller db init``: create or migrate the tables of every postgres sink of the config."""
+    config = load_config(args.config)
+    found = [(i, sink) for i, sink in enumerate(config.sinks) if sink.kind == "postgres"]
+    if not found:
+        raise ConfigError(
+            'no [[sinks]] entry with kind = "postgres"', source=config.source, key="sinks"
+        )
+    try:
+        from poller.engine.postgres import init_schema
+    except ImportError as exc:
+        if exc.name != "asyncpg":
+            raise
+        raise ConfigError(
+            "a postgres sink needs asyncpg: pip install 'poller[postgres]'", source=config.source
+        ) from None
+    from poller.config.model import mask_dsn
+    from poller.engine.postgres import postgres_dsn
+
+    for i, sink in found:
+        try:
+            where = f"{mask_dsn(postgres_dsn(sink))} schema {sink.schema}"
+            before, after = asyncio.run(init_schema(sink))
+        except ConfigError as exc:
+            key = (exc.key or "dsn").rpartition(".")[2]
+            raise ConfigError(exc.detail, source=config.source, key=f"sinks[{i}].{key}") from None
+        except SinkError as exc:
+            print_error(str(exc))
+            return EX_UNAVAILABLE
+        if before == after:
+            print(f"sinks[{i}] {where}: already at version {after}")
+        elif before == 0:
+            print(f"sinks[{i}] {where}: created (version {after})")
+        else:
+            print(f"sinks[{i}] {where}: migrated from version {before} to {after}")
     return EX_OK
 
 
@@ -252,6 +291,10 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("status",))
     cluster.add_argument("--config", required=True, help="TOML config file with [cluster]")
 
+    db = sub.add_parser("db", help="create or migrate the tables of the postgres sinks")
+    db.add_argument("action", choices=("init",))
+    db.add_argument("--config", required=True, help="TOML config file with postgres [[sinks]]")
+
     sub.add_parser(
         "emulator",
         help="run the cloud emulator (see 'poller emulator --help')",
@@ -295,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _state_command(args)
         if args.command == "cluster":
             return _cluster_command(args)
+        if args.command == "db":
+            return _db_command(args)
     except ConfigError as exc:
         print_error(str(exc))
         return EX_CONFIG

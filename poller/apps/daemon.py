@@ -41,10 +41,10 @@ from poller.core.stats import Attempt, Totals
 from poller.engine.poller import Poller
 from poller.engine.sinks import (
     Sink,
+    metered_sinks,
     reopen_sinks,
     sinks_from_config,
     wants_presence,
-    webhooks_of,
 )
 from poller.engine.state import StateStore, resolve_state_dir
 from poller.engine.work import Plan, WorkBuilder, plan_targets
@@ -157,7 +157,7 @@ class Daemon:
                 stack.enter_context(self._signals)
                 stack.push_async_callback(self._close_sinks)
                 await self._start_metrics(stack)
-                self._metrics.watch_webhooks(lambda: webhooks_of(self._sinks))
+                self._metrics.watch_sinks(lambda: metered_sinks(self._sinks))
                 first_sweep = await self._open_state(stack)
                 self._poller = await stack.enter_async_context(
                     Poller(

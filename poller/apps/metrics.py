@@ -27,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from poller.core.clock import Clock, system_clock
 from poller.core.records import TargetKey
 from poller.core.stats import Attempt, SweepStats
+from poller.engine.sinks import MeteredSink
 
 __all__ = [
     "FleetLike",
@@ -81,52 +82,24 @@ class SharedStateLike(Protocol):
     deferred: int
 
 
-class WebhookLike(Protocol):
-    """What metrics read of a webhook sink (:class:`poller.engine.webhook.WebhookSink`)."""
+class _SinkCollector:
+    """The metrics of every metered sink, read at scrape time (label ``sink``: its name)."""
 
-    name: str
-
-    def counters(self) -> dict[str, float]: ...
-
-
-#: (metric, type, help) of each webhook figure; counters get ``_total``.
-_WEBHOOK_METRICS: tuple[tuple[str, str, str], ...] = (
-    ("delivered_records", "counter", "Records the receiver acknowledged (2xx)."),
-    (
-        "retries",
-        "counter",
-        "Delivery attempts that failed and are retried (5xx, 408, 429, "
-        "timeouts, connection errors).",
-    ),
-    ("rejected_records", "counter", "Records the receiver refused with another 4xx (dropped)."),
-    ("lost_records", "counter", "Records that could not be written to the spool (disk)."),
-    (
-        "dropped_batches",
-        "counter",
-        "Undelivered batches dropped, oldest first, at the spool's bound (spool_max_mb).",
-    ),
-    ("spooled_bytes", "gauge", "Bytes of undelivered records in the spool."),
-    ("spooled_batches", "gauge", "Undelivered batches in the spool."),
-    ("oldest_undelivered_seconds", "gauge", "Age of the oldest undelivered batch."),
-)
-
-
-class _WebhookCollector:
-    def __init__(self, sinks: Callable[[], Iterable[WebhookLike]]) -> None:
+    def __init__(self, sinks: Callable[[], Iterable[MeteredSink]]) -> None:
         self._sinks = sinks
 
     def collect(self) -> Iterator[Metric]:
-        sinks = list(self._sinks())
-        figures = [(sink.name, sink.counters()) for sink in sinks]
-        for name, kind, help_text in _WEBHOOK_METRICS:
-            family: Metric
-            if kind == "counter":
-                family = CounterMetricFamily(f"poller_webhook_{name}", help_text, labels=["sink"])
-            else:
-                family = GaugeMetricFamily(f"poller_webhook_{name}", help_text, labels=["sink"])
-            for sink_name, values in figures:
-                family.add_metric([sink_name], values[name])
-            yield family
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for sink in self._sinks():
+            values = sink.counters()
+            for name, kind, help_text in sink.metrics:
+                full = f"{sink.metrics_prefix}_{name}"
+                family = families.get(full)
+                if family is None:
+                    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                    family = families[full] = cls(full, help_text, labels=["sink"])
+                family.add_metric([sink.name], values[name])
+        yield from families.values()
 
 
 class _ShardCounters:
@@ -295,10 +268,11 @@ class Metrics:
         ).set_function(lambda: 1.0 if leases.leader else 0.0)
         r.register(_ShardCounters(leases, state))
 
-    def watch_webhooks(self, sinks: Callable[[], Iterable[WebhookLike]]) -> None:
-        """Webhook sink metrics (``poller_webhook_*{sink}``) of the sinks ``sinks()`` returns
-        at each scrape (a reload may replace them)."""
-        self.registry.register(_WebhookCollector(sinks))
+    def watch_sinks(self, sinks: Callable[[], Iterable[MeteredSink]]) -> None:
+        """The metrics of the metered sinks (``poller_webhook_*{sink}``,
+        ``poller_postgres_*{sink}``) ``sinks()`` returns at each scrape (a reload may replace
+        them)."""
+        self.registry.register(_SinkCollector(sinks))
 
     def _status_label(self, status: str) -> str:
         """``status``, while fewer than :data:`MAX_STATUS_LABELS` distinct ones were seen:

@@ -506,13 +506,62 @@ class ClusterConfig(_Checked):
     lease_ttl_s: float = field(default=10.0, metadata=_finite(1.0, inclusive=True))
 
 
+#: Keys of the PostgreSQL sink only.
+POSTGRES: Final = {"kinds": ("postgres",)}
+_PG_SCHEMES: Final = ("postgresql://", "postgres://")
+
+
+def _pg_dsn(value: str) -> str | None:
+    if not value or value.startswith(_PG_SCHEMES):
+        return None
+    # Without a scheme the value may be a bare password (or a libpq key=value string holding
+    # one): it is not echoed.
+    return "must be a postgresql://user@host:port/dbname URL (asyncpg reads no key=value DSN)"
+
+
+#: Query parameters of a DSN shown by :func:`mask_dsn` (never ``password`` or unknown ones).
+_DSN_SHOWN: Final = frozenset({"host", "port", "user", "dbname", "database", "sslmode"})
+
+
+def mask_dsn(dsn: str) -> str:
+    """A PostgreSQL DSN safe to print: the password replaced by ``****`` (a user name alone is
+    kept), and of the query only ``host``, ``port``, ``user``, ``dbname``, ``database`` and
+    ``sslmode`` (``postgresql://poller:****@db:5432/app?sslmode=require``)."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return "****" if dsn else ""
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:****@{hostport}" if colon else f"{user}@{hostport}"
+    path, _, query = tail.split("#", 1)[0].partition("?")
+    kept = [
+        item
+        for item in query.split("&")
+        if item.partition("=")[0] in _DSN_SHOWN and item.partition("=")[2]
+    ]
+    return f"{scheme}{sep}{netloc}{path}" + (f"?{'&'.join(kept)}" if kept else "")
+
+
+def _pg_identifier(value: str) -> str | None:
+    if re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+        return None
+    return (
+        "must be a lower-case SQL identifier (letters a-z, digits, _; not starting with a"
+        f" digit; at most 63 characters); got {value!r}"
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SinkConfig(_Checked):
     """One ``[[sinks]]`` entry; its errors name keys relative to the entry."""
 
-    kind: Literal["stdout", "file", "webhook"] = "stdout"
+    kind: Literal["stdout", "file", "webhook", "postgres"] = "stdout"
     #: The record types this sink receives (presence, change, error). Unset: the daemon's
-    #: ``emit`` decides for stdout and file sinks; a webhook gets changes and errors.
+    #: ``emit`` decides for stdout and file sinks; a webhook gets changes and errors, a
+    #: postgres sink all three.
     types: tuple[str, ...] | None = field(default=None, metadata={"check": _record_types})
     path: Path | None = field(default=None, metadata=FILE)
     fsync: bool = field(default=False, metadata=FILE)
@@ -541,6 +590,23 @@ class SinkConfig(_Checked):
     headers: tuple[str, ...] = field(
         default=(), repr=False, metadata={"check": _headers, **SECRET, **WEBHOOK}
     )
+    # -- postgres -----------------------------------------------------------------------------
+    #: The database, ``postgresql://user:password@host:port/dbname?sslmode=...`` (asyncpg's DSN;
+    #: ``?host=/run/postgresql`` for a unix socket); its password is masked in ``check-config``.
+    dsn: str = field(
+        default="",
+        repr=False,
+        metadata={"check": _pg_dsn, "secret": True, "mask": mask_dsn, **POSTGRES},
+    )
+    #: Or the name of an environment variable holding the DSN.
+    dsn_env: str = field(default="", metadata=POSTGRES)
+    #: The schema of poller's tables (``poller db init --config FILE`` creates it).
+    schema: str = field(default="poller", metadata={"check": _pg_identifier, **POSTGRES})
+    #: Records per transaction, at most (also the bound of the records held while the
+    #: database is unreachable).
+    batch_rows: int = field(default=5000, metadata={**_between(1, 1_000_000), **POSTGRES})
+    #: Days of ``changes`` (and ``sweeps``) history kept; 0 keeps them forever.
+    retain_days: int = field(default=0, metadata={**_between(0), **POSTGRES})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -553,11 +619,18 @@ class SinkConfig(_Checked):
                 raise ConfigError("a webhook sink needs secret or secret_env", key="secret")
             if self.secret and self.secret_env:
                 raise ConfigError("give either secret or secret_env, not both", key="secret_env")
+        if self.kind == "postgres":
+            if not self.dsn and not self.dsn_env:
+                raise ConfigError("a postgres sink needs dsn or dsn_env", key="dsn")
+            if self.dsn and self.dsn_env:
+                raise ConfigError("give either dsn or dsn_env, not both", key="dsn_env")
 
     def default_types(self, emit: Literal["changes", "all"]) -> tuple[str, ...]:
         """The record types this sink receives when ``types`` is unset."""
         if self.types is not None:
             return self.types
+        if self.kind == "postgres":
+            return RECORD_TYPES  # who is online now needs every presence record
         if self.kind == "webhook" or emit == "changes":
             return ("change", "error")
         return RECORD_TYPES

@@ -42,32 +42,30 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol, runtime_checkable
+from typing import BinaryIO, Literal, Protocol, runtime_checkable
 
 import orjson
 
 from poller.config import SinkConfig
 from poller.config.model import RECORD_TYPES
 from poller.core.clock import Clock, system_clock
-from poller.core.errors import SinkError
+from poller.core.errors import ConfigError, SinkError
 from poller.core.records import Record
 
 __all__ = [
     "CallbackSink",
     "FileSink",
+    "MeteredSink",
     "Reopenable",
     "Sink",
     "StdoutSink",
     "TypedSink",
     "encode_records",
+    "metered_sinks",
     "reopen_sinks",
     "sinks_from_config",
     "wants_presence",
-    "webhooks_of",
 ]
-
-if TYPE_CHECKING:
-    from .webhook import WebhookSink
 
 log = logging.getLogger("poller.sinks")
 
@@ -422,14 +420,25 @@ class TypedSink:
             await self.sink.reopen()
 
 
-def webhooks_of(sinks: Iterable[Sink]) -> list[WebhookSink]:
-    """The webhook sinks among ``sinks`` (for metrics)."""
-    from .webhook import WebhookSink
+@runtime_checkable
+class MeteredSink(Protocol):
+    """A sink with metrics of its own (webhook, PostgreSQL): ``metrics`` lists (name,
+    ``"counter"`` or ``"gauge"``, help) under ``metrics_prefix``; ``counters()`` gives their
+    values now; ``name`` labels them (never a secret)."""
 
-    found = []
+    name: str
+    metrics_prefix: str
+    metrics: tuple[tuple[str, str, str], ...]
+
+    def counters(self) -> dict[str, float]: ...
+
+
+def metered_sinks(sinks: Iterable[Sink]) -> list[MeteredSink]:
+    """The sinks among ``sinks`` with metrics of their own, unwrapped from type filters."""
+    found: list[MeteredSink] = []
     for sink in sinks:
         inner = sink.sink if isinstance(sink, TypedSink) else sink
-        if isinstance(inner, WebhookSink):
+        if isinstance(inner, MeteredSink):
             found.append(inner)
     return found
 
@@ -449,8 +458,8 @@ def sinks_from_config(
     clock: Clock | None = None,
 ) -> list[Sink]:
     """The ``[[sinks]]`` of a config (standard output when there are none), each receiving the
-    record types it asks for (``types``; unset: what ``emit`` says, or changes and errors for
-    a webhook). A webhook's spool defaults to a folder of ``state_dir``."""
+    record types it asks for (``types``; unset: what ``emit`` says, changes and errors for a
+    webhook, all three for postgres). A webhook's spool defaults to a folder of ``state_dir``."""
     if not configs:
         return [StdoutSink()]
     sinks: list[Sink] = []
@@ -460,6 +469,16 @@ def sinks_from_config(
             from .webhook import open_webhook  # aiohttp's session only when there is a webhook
 
             sink = open_webhook(config, state_dir=state_dir, clock=clock)
+        elif config.kind == "postgres":
+            try:  # asyncpg only when there is a postgres sink (the optional poller[postgres])
+                from .postgres import PostgresSink
+            except ImportError as exc:
+                if exc.name != "asyncpg":
+                    raise
+                raise ConfigError(
+                    "a postgres sink needs asyncpg: pip install 'poller[postgres]'", key="kind"
+                ) from None
+            sink = PostgresSink(config, clock=clock)
         elif config.kind == "file" and config.path:
             sink = FileSink(config.path, fsync=config.fsync)
         else:

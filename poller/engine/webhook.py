@@ -116,6 +116,27 @@ class WebhookSink:
     """POSTs records to ``config.url``; see the module docstring. Open it with :meth:`open`
     (done by the first ``write``); ``aclose`` stops delivering and keeps what is left."""
 
+    #: Its metrics, ``poller_webhook_<name>{sink}`` (counters get ``_total``).
+    metrics_prefix: Final = "poller_webhook"
+    metrics: Final = (
+        ("delivered_records", "counter", "Records the receiver acknowledged (2xx)."),
+        (
+            "retries",
+            "counter",
+            "Delivery attempts that failed and are retried (5xx, 408, 429, timeouts, errors).",
+        ),
+        ("rejected_records", "counter", "Records the receiver refused with another 4xx."),
+        ("lost_records", "counter", "Records that could not be written to the spool (disk)."),
+        (
+            "dropped_batches",
+            "counter",
+            "Undelivered batches dropped, oldest first, at the spool's bound (spool_max_mb).",
+        ),
+        ("spooled_bytes", "gauge", "Bytes of undelivered records in the spool."),
+        ("spooled_batches", "gauge", "Undelivered batches in the spool."),
+        ("oldest_undelivered_seconds", "gauge", "Age of the oldest undelivered batch."),
+    )
+
     def __init__(
         self,
         config: SinkConfig,
