@@ -39,7 +39,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -57,7 +56,14 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:  # ``python benchmarks/fleet.py`` puts only benchmarks/ on the path
     sys.path.insert(0, str(REPO))
 
-from children import CHILDREN, kill_children, log, stop_children_on_exit  # noqa: E402
+from harness import (  # noqa: E402
+    CHILDREN,
+    busy_share,
+    core_times,
+    log,
+    scratch_dir,
+    stop_children_on_exit,
+)
 
 from tests.redisserver import RedisServer  # noqa: E402  (needs REPO on sys.path)
 
@@ -165,32 +171,6 @@ class Run:
         if self.redis_scripts is None:
             return None
         return self.redis_scripts / max(1, self.requests)
-
-
-def core_times() -> dict[int, tuple[int, int]]:
-    """``core -> (total, idle + iowait)`` jiffies from ``/proc/stat`` (empty if unreadable)."""
-    out: dict[int, tuple[int, int]] = {}
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        name, *fields = line.split()
-        if name.startswith("cpu") and name[3:].isdigit():
-            values = [int(x) for x in fields[:8]]
-            out[int(name[3:])] = (sum(values), values[3] + values[4])
-    return out
-
-
-def busy_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> str:
-    """Each core's busy share between two :func:`core_times` readings, e.g. ``0: 35%, 1: 20%``:
-    the work of other processes on the machine shows here."""
-    parts = []
-    for core, (total, idle) in sorted(after.items()):
-        t0, i0 = before.get(core, (total, idle))
-        if total > t0:
-            parts.append(f"{core}: {1 - (idle - i0) / (total - t0):.0%}")
-    return ", ".join(parts) or "-"
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -645,21 +625,14 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {pin.client})  # the pollers inherit it
     started = time.monotonic()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    workdir = Path(tempfile.mkdtemp(prefix="poller-fleet-"))
     pairs: list[tuple[Run, Run]] = []
-    try:
+    with scratch_dir("poller-fleet-", keep=args.keep_tmp) as workdir:
         uids_file = workdir / "uids.txt"
         uids_file.write_text("".join(f"user-{i:06d}\n" for i in range(1, args.uids + 1)))
         for m in counts:
             pairs.append(scenario(m, 1, args.uids, uids_file, pin, workdir))
         if not args.no_two_keys:
             pairs.append(scenario(2, 2, args.uids, uids_file, pin, workdir))
-    finally:
-        kill_children()
-        if args.keep_tmp:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     wall = time.monotonic() - started
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -70,7 +70,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -88,7 +87,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:  # ``python benchmarks/shards.py`` puts only benchmarks/ on the path
     sys.path.insert(0, str(REPO))
 
-from children import CHILDREN, kill_children, log, stop_children_on_exit  # noqa: E402
+from harness import CHILDREN, busy_share, core_times, log, scratch_dir, stop_children_on_exit  # noqa: E402
 
 from tests.daemons import DaemonProcess, base_config, target  # noqa: E402
 from tests.redisserver import RedisServer, find_redis_server  # noqa: E402
@@ -345,30 +344,6 @@ class Scenario:
         start = r.number * self.interval - (self.event_at + self.offset)
         done = None if r.last_ms is None else r.last_ms / 1000.0 - self.event_at
         return start, done
-
-
-def core_times() -> dict[int, tuple[int, int]]:
-    """``core -> (total, idle + iowait)`` jiffies from ``/proc/stat`` (empty if unreadable)."""
-    out: dict[int, tuple[int, int]] = {}
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        name, *fields = line.split()
-        if name.startswith("cpu") and name[3:].isdigit():
-            values = [int(x) for x in fields[:8]]
-            out[int(name[3:])] = (sum(values), values[3] + values[4])
-    return out
-
-
-def busy_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> str:
-    parts = []
-    for core, (total, idle) in sorted(after.items()):
-        t0, i0 = before.get(core, (total, idle))
-        if total > t0:
-            parts.append(f"{core}: {1 - (idle - i0) / (total - t0):.0%}")
-    return ", ".join(parts) or "-"
 
 
 # -- running one scenario --------------------------------------------------------------------
@@ -1087,21 +1062,14 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {cores[0]})  # the daemons inherit it
     started = time.monotonic()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    workdir = Path(tempfile.mkdtemp(prefix="poller-shards-"))
     scenarios: list[Scenario] = []
-    try:
+    with scratch_dir("poller-shards-", keep=args.keep_tmp) as workdir:
         uids_file = workdir / "uids.txt"
         uids_file.write_text("".join(f"user-{i:06d}\n" for i in range(1, args.uids + 1)))
         with emulator(args, workdir, pin) as emu:
             for size in args.members:
                 for kind in args.scenarios:
                     scenarios.append(run_scenario(kind, size, emu, uids_file, args, workdir))
-    finally:
-        kill_children()
-        if args.keep_tmp:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     wall = time.monotonic() - started
     ceiling_s = args.uids / (QPS_LIMIT * IDS_PER_REQUEST)
     meta = {

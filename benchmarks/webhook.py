@@ -62,12 +62,10 @@ import os
 import platform
 import random
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -80,7 +78,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from children import CHILDREN, kill_children, log, stop_children_on_exit
+from harness import CHILDREN, log, scratch_dir, stop_children_on_exit
 
 from poller.emulator.process import EmulatorProcess
 from poller.wire.webhook import SIGNATURE_HEADER, verify
@@ -1072,21 +1070,14 @@ def main(argv: list[str] | None = None) -> int:
 
     stop_children_on_exit()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    workdir = Path(tempfile.mkdtemp(prefix="poller-webhook-"))
-    run = Run(plan, workdir)
-    try:
+    with scratch_dir("poller-webhook-", keep=args.keep_tmp) as workdir:
+        run = Run(plan, workdir)
         try:
             out = run.execute()
         except (RuntimeError, TimeoutError, OSError) as exc:
             out = run.out
             out.error = f"{type(exc).__name__}: {exc}"
             log(f"run cut short: {out.error}")
-    finally:
-        kill_children()
-        if args.keep_tmp:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     meta: list[tuple[str, Any]] = [
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("machine", f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"),

@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Self
+from typing import NoReturn, Self
 
 import pytest
 
@@ -185,6 +185,14 @@ def daemons() -> Iterator[Callable[..., DaemonProcess]]:
         d.close()
 
 
+def missing(server: str, package: str) -> NoReturn:
+    """A server a test needs is not installed: skipped locally, saying how to install it; a
+    failure on CI (``CI=true``), which must install it (``.ci/run`` does)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{server} not found: CI must install it (apt-get install {package})")
+    pytest.skip(f"{server} not found; install it with: sudo apt-get install {package}")
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A real, empty ``redis-server`` on a unix socket in the test's folder, without persistence:
@@ -192,9 +200,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     missing, except on CI (``CI=true``), where that is a failure."""
     binary = find_redis_server()
     if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("redis-server not found: CI must install it (apt-get install redis-server)")
-        pytest.skip("redis-server not found; install it with: sudo apt-get install redis-server")
+        missing("redis-server", "redis-server")
     with RedisServer(tmp_path / "redis", binary) as server:
         yield server
 
@@ -207,8 +213,6 @@ def postgres_server(tmp_path: Path) -> Iterator[PostgresServer]:
     missing, except on CI (``CI=true``), where that is a failure."""
     bindir = find_postgres_bindir()
     if bindir is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("PostgreSQL not found: CI must install it (apt-get install postgresql)")
-        pytest.skip("PostgreSQL not found; install it with: sudo apt-get install postgresql")
+        missing("PostgreSQL", "postgresql")
     with PostgresServer(tmp_path / "postgres", bindir) as server:
         yield server
