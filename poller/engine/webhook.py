@@ -163,7 +163,7 @@ class WebhookSink:
         self._rng = rng or random.Random()
         self.stats = WebhookStats()
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()  # set while nothing is left to deliver, or failing
+        self._idle = asyncio.Event()  # set when nothing is left to deliver, or an attempt failed
         self._task: asyncio.Task[None] | None = None
         self._opened = False
         self._failing_since: float | None = None
@@ -227,14 +227,14 @@ class WebhookSink:
         self._wake.set()
 
     async def aclose(self) -> None:
-        """Deliver what the spool holds for up to ``timeout_s`` more (a one-shot run usually
-        ends with everything delivered), then stop; the spool keeps the rest for the next
-        start, which says so."""
+        """Deliver what the spool holds for up to ``timeout_s`` more, until an attempt fails
+        (a one-shot run usually ends with everything delivered), then stop; the spool keeps the
+        rest for the next start, which says so."""
         await self.flush()
-        if self._task is not None and self._failing_since is None:
+        if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._drain_s):
-                    await self._idle.wait()  # the spool is empty, or the receiver failing
+                    await self._idle.wait()  # the spool is empty, or an attempt failed
         if self._opened and self.spool.entries:
             log.warning(
                 "webhook %s: %d batches not delivered yet; they stay in the spool for the next"
@@ -271,6 +271,7 @@ class WebhookSink:
                 continue
             count_text, _, body = entry.payload.partition(b"\n")
             count = int(count_text)
+            self._idle.clear()  # an attempt in flight: a stop waits for its answer
             delay = await self._send(entry.seq, body, count)
             if delay is None:
                 try:
