@@ -511,3 +511,15 @@ async def test_a_shard_given_away_well_before_a_sweep_is_not_polled_twice() -> N
     assert (await leases.refresh(110.0)).shards == {0, 1, 2, 3}
     assert (await leases.refresh(115.0)).shards == {0, 1}
     assert (leases.handovers_out, leases.handovers_in) == (6, 0)
+
+
+async def test_forgetting_reads_a_large_target_page_by_page(states: list[SharedState]) -> None:
+    """1,500 UIDs (three pages of the hash), 1,200 of them no longer polled: all forgotten,
+    through several small Redis calls (none long enough to count as Redis being down)."""
+    a, _ = states
+    await a.process([presence(f"u{i}", True, 1, 1000) for i in range(1500)], presence=False)
+    later = 1 + 700
+    await a.process([presence(f"u{i}", True, later, 2000) for i in range(300)], presence=False)
+    calls = a.fleet.round_trips
+    assert await a.forget_stale([KEY], later) == 1200
+    assert a.fleet.round_trips - calls >= 4 and a.fleet.mode == "shared"

@@ -188,20 +188,26 @@ class SharedState:
 
     async def undelivered(self, limit: int = 100_000) -> list[Record]:
         """The change records this member (by name) decided after the last entry its sinks
-        flushed: a restarted member writes them first. Empty when nothing is noted."""
+        flushed: a restarted member writes them first. Empty when nothing is noted. The stream
+        is read a page at a time, each its own Redis call."""
         key = self.keys.delivered(self.fleet.member)
         start = await self.fleet.command(lambda r: r.get(key))
         if start is None:
             return []
-        page = await self.fleet.command(
-            functools.partial(
-                _entries_of, stream=self.keys.changes, after=str(start), member=self.fleet.member
+        records: list[Record] = []
+        cursor = str(start)
+        while len(records) < limit:
+            page = await self.fleet.command(
+                functools.partial(_stream_page, stream=self.keys.changes, after=cursor)
             )
-        )
-        records = [cast(Record, orjson.loads(record)) for _id, record in page[:limit]]
-        if page:
-            self._decided = page[-1][0]
-        return records
+            if not page:
+                break
+            for stream_id, fields in page:
+                cursor = stream_id
+                if fields.get("member") == self.fleet.member:
+                    records.append(cast(Record, orjson.loads(fields["record"])))
+                    self._decided = stream_id
+        return records[:limit]
 
     def take_online(self) -> dict[TargetKey, int]:
         """Online UIDs per target among this member's results since the last call."""
@@ -232,42 +238,43 @@ class SharedState:
         return sweep - sweeps
 
     async def forget_stale(self, targets: Sequence[TargetKey], sweep: int) -> int:
-        """Forget the UIDs of ``targets`` not polled for a while (run by the leader)."""
+        """Forget the UIDs of ``targets`` not polled for a while (run by the leader). The hash
+        is read a page at a time (each its own Redis call, well inside the call timeout, so a
+        million-UID target neither stalls Redis nor looks like an unreachable one)."""
         keep = self.forget_before(sweep)
         gone = 0
         for key in targets:
             state_key = self.keys.state(target_label(key))
-            stale = await self.fleet.command(functools.partial(_stale, key=state_key, keep=keep))
-            for i in range(0, len(stale), FORGET_CHUNK):
-                chunk = stale[i : i + FORGET_CHUNK]
-                gone += int(await self.fleet.call(FORGET, [state_key], [keep, *chunk]))
+            cursor = 0
+            while True:
+                cursor, stale = await self.fleet.command(
+                    functools.partial(_stale_page, key=state_key, keep=keep, cursor=cursor)
+                )
+                if stale:
+                    gone += int(await self.fleet.call(FORGET, [state_key], [keep, *stale]))
+                if not cursor:
+                    break
         return gone
 
 
-async def _stale(redis: aioredis.Redis, key: str, keep: int) -> list[str]:
-    """The UIDs of the state hash ``key`` last polled before sweep ``keep``."""
-    stale: list[str] = []
-    async for uid, raw in redis.hscan_iter(key, count=1000):
-        if orjson.loads(raw)["sweep"] < keep:
-            stale.append(uid)
-    return stale
+async def _stale_page(
+    redis: aioredis.Redis, *, key: str, keep: int, cursor: int
+) -> tuple[int, list[str]]:
+    """One HSCAN page of the state hash ``key``: the next cursor (0: done) and the UIDs on it
+    last polled before sweep ``keep``."""
+    # The client decodes replies (decode_responses=True); redis-py's types cannot say so.
+    cursor, page = cast(
+        tuple[int, dict[str, str]], await redis.hscan(key, cursor, count=FORGET_CHUNK)
+    )
+    return cursor, [uid for uid, raw in page.items() if orjson.loads(raw)["sweep"] < keep]
 
 
-async def _entries_of(
-    redis: aioredis.Redis, *, stream: str, after: str, member: str
-) -> list[tuple[str, str]]:
-    """(id, record) of the entries of ``stream`` after ``after`` that ``member`` decided."""
-    out: list[tuple[str, str]] = []
-    cursor = after
-    while True:
-        # The client decodes replies (decode_responses=True); redis-py's types cannot say so.
-        page = cast(
-            list[tuple[str, dict[str, str]]],
-            await redis.xrange(stream, min=f"({cursor}", count=1000),
-        )
-        if not page:
-            return out
-        for stream_id, fields in page:
-            cursor = stream_id
-            if fields.get("member") == member:
-                out.append((stream_id, fields["record"]))
+async def _stream_page(
+    redis: aioredis.Redis, *, stream: str, after: str
+) -> list[tuple[str, dict[str, str]]]:
+    """Up to 1,000 entries of ``stream`` after the entry ``after``."""
+    # The client decodes replies (decode_responses=True); redis-py's types cannot say so.
+    return cast(
+        list[tuple[str, dict[str, str]]],
+        await redis.xrange(stream, min=f"({after}", count=1000),
+    )
