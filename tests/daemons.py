@@ -71,6 +71,10 @@ class DaemonProcess:
             time.sleep(0.05)
         raise AssertionError(f"timed out; daemon log:\n{self.stderr()}")
 
+    def sweep_count(self) -> int:
+        """Sweeps the daemon has logged so far."""
+        return sum(e["event"] == "sweep" for e in self.logs())
+
     def sweeps_done(self, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         return self.wait_for(lambda logs: sum(e["event"] == "sweep" for e in logs) >= n, timeout)
 
@@ -147,3 +151,19 @@ def http_json(url: str) -> tuple[int, dict[str, Any]]:
 def readyz(metrics_url: str) -> tuple[int, dict[str, Any]]:
     """The daemon's /readyz answer, from the URL of its /metrics."""
     return http_json(metrics_url.replace("/metrics", "/readyz"))
+
+
+class Flips:
+    """Explicit presence flips of one emulator group's members, in the order they were made."""
+
+    def __init__(self, emulator: EmulatorProcess, app: str, group: str) -> None:
+        self.emulator, self.app, self.group = emulator, app, group
+        self.made: list[tuple[str, bool]] = []
+
+    def __call__(self, uid: str, online: bool) -> None:
+        """``uid`` goes offline, or (re)joins the group (online, with a new join time)."""
+        if online:
+            self.emulator.change_members(self.app, self.group, join=[uid])
+        else:
+            self.emulator.change_members(self.app, self.group, offline=[uid])
+        self.made.append((uid, online))

@@ -42,7 +42,7 @@ from poller.engine.pgschema import LATEST_VERSION, migrate
 from poller.engine.postgres import PostgresSink, init_schema
 from poller.engine.sinks import TypedSink, metered_sinks, sinks_from_config
 from tests.conftest import FakeClock
-from tests.daemons import DaemonProcess, base_config, target, wait_until
+from tests.daemons import DaemonProcess, Flips, base_config, target, wait_until
 from tests.pgserver import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -750,34 +750,23 @@ def test_daemon_killed_during_a_write_and_postgres_restarted(
                 + f'\n[[sinks]]\nkind = "postgres"\ndsn = "{postgres_server.dsn}"\n'
                 + "batch_rows = 3\n"  # several transactions per sweep
             )
-            flips: list[tuple[str, bool]] = []
-
-            def flip(uid: str, online: bool) -> None:
-                if online:
-                    emu.change_members(app, group, join=[uid])
-                else:
-                    emu.change_members(app, group, offline=[uid])
-                flips.append((uid, online))
-
-            def sweeps_of(d: DaemonProcess) -> int:
-                return sum(e["event"] == "sweep" for e in d.logs())
-
+            flip = Flips(emu, app, group)
             daemon = daemons(tmp_path / "d", config)
             daemon.sweeps_done(2)
             flip("vip-0", False)
-            daemon.sweeps_done(sweeps_of(daemon) + 3)
+            daemon.sweeps_done(daemon.sweep_count() + 3)
             postgres_server.stop()  # under the running daemon, which waits for it
 
             def sink_events() -> list[str]:
                 return [e["event"] for e in daemon.logs() if e["logger"] == "poller.sinks"]
 
             wait_until(lambda: any("cannot write" in e for e in sink_events()), "a warning")
-            stalled = sweeps_of(daemon)
+            stalled = daemon.sweep_count()
             time.sleep(1.5)
-            assert sweeps_of(daemon) <= stalled + 1  # polling held
+            assert daemon.sweep_count() <= stalled + 1  # polling held
             postgres_server.start()
             flip("vip-1", False)
-            daemon.sweeps_done(sweeps_of(daemon) + 3)
+            daemon.sweeps_done(daemon.sweep_count() + 3)
             assert any("writing again after" in e for e in sink_events()), sink_events()
             # A batch waits inside its transaction (a lock held here), and the daemon is killed.
             db = ThreadedDb(postgres_server.dsn)
@@ -798,7 +787,7 @@ def test_daemon_killed_during_a_write_and_postgres_restarted(
             again = daemons(tmp_path / "d", config)  # the same state_dir
             again.sweeps_done(2)
             flip("vip-2", False)
-            again.sweeps_done(sweeps_of(again) + 3)
+            again.sweeps_done(again.sweep_count() + 3)
             assert again.stop() == 0
             members = emu.members(app, group)["members"]
         presence_now = {
@@ -807,7 +796,7 @@ def test_daemon_killed_during_a_write_and_postgres_restarted(
         }
         assert presence_now == {m["user_id"]: m["online"] for m in members}
         changes = db.fetch("SELECT uid, online, version FROM poller.changes ORDER BY uid, version")
-        assert sorted((r["uid"], r["online"]) for r in changes) == sorted(flips)
+        assert sorted((r["uid"], r["online"]) for r in changes) == sorted(flip.made)
         for row in db.fetch("SELECT * FROM poller.sweeps"):
             assert row["completed_at"] is not None, row  # the killed sweep was polled again
             assert row["presence_records"] + row["error_records"] == len(uids), row

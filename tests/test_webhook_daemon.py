@@ -20,7 +20,7 @@ from aiohttp import web
 
 from poller.emulator.process import EmulatorProcess
 from poller.wire.webhook import SIGNATURE_HEADER, verify
-from tests.daemons import DaemonProcess, base_config, http_get, target, wait_until
+from tests.daemons import Flips, base_config, http_get, target, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -110,27 +110,16 @@ def test_changes_reach_the_receiver_across_an_outage_and_a_kill(
             + f'url = "http://127.0.0.1:{receiver.port}/hook"\nsecret = "{SECRET}"\n'
             + "max_batch = 2\n"
         )
-        flips: list[tuple[str, bool]] = []
-
-        def flip(uid: str, online: bool) -> None:
-            if online:
-                emu.change_members(APP, GROUP, join=[uid])
-            else:
-                emu.change_members(APP, GROUP, offline=[uid])
-            flips.append((uid, online))
-
-        def sweeps(d: DaemonProcess) -> int:
-            return sum(e["event"] == "sweep" for e in d.logs())
-
+        flip = Flips(emu, APP, GROUP)
         daemon = daemons(tmp_path / "d", config)
         daemon.sweeps_done(2)
         flip("vip-0", False)
-        daemon.sweeps_done(sweeps(daemon) + 3)  # flips spaced more than two intervals
+        daemon.sweeps_done(daemon.sweep_count() + 3)  # flips spaced more than two intervals
         receiver.stop()  # the receiver goes away: records wait in the spool
         flip("vip-1", False)
-        daemon.sweeps_done(sweeps(daemon) + 3)
+        daemon.sweeps_done(daemon.sweep_count() + 3)
         flip("vip-0", True)
-        daemon.sweeps_done(sweeps(daemon) + 3)
+        daemon.sweeps_done(daemon.sweep_count() + 3)
         url = next(e["url"] for e in daemon.logs() if e["event"] == "metrics listening")
         metrics = http_get(url)[1].decode()
         assert "poller_webhook_spooled_batches{" in metrics
@@ -141,13 +130,13 @@ def test_changes_reach_the_receiver_across_an_outage_and_a_kill(
         again = daemons(tmp_path / "d", config)  # the same state_dir, hence the same spool
         again.sweeps_done(2)
         flip("vip-2", False)
-        again.sweeps_done(sweeps(again) + 3)
+        again.sweeps_done(again.sweep_count() + 3)
         wait_until(lambda: len({r["idempotency_key"] for r in receiver.changes()}) >= 4, "all")
         assert again.stop() == 0
     assert receiver.bad_signatures == 0
     unique = {r["idempotency_key"]: r for r in receiver.changes()}
     got = [(r["uid"], r["online"]) for r in unique.values()]
-    assert sorted(got) == sorted(flips)
+    assert sorted(got) == sorted(flip.made)
     per_uid: dict[str, list[int]] = collections.defaultdict(list)
     for r in receiver.changes():
         per_uid[r["uid"]].append(r["version"])
