@@ -24,6 +24,7 @@ from poller.config.model import (
     SinkConfig,
     SweepConfig,
     TargetConfig,
+    env_secret,
     mask_url,
     split_endpoint,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "SinkConfig",
     "SweepConfig",
     "TargetConfig",
+    "env_secret",
     "load_config",
     "mask_url",
     "parse_config",

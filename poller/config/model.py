@@ -23,6 +23,7 @@ Metadata keys the loader and the renderer read:
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -115,6 +116,21 @@ def _ca_bundle(path: Path) -> str | None:
     return None
 
 
+def _masked_authority(rest: str, *, keep_lone_user: bool) -> tuple[str, str]:
+    """``rest`` (a URL after ``scheme://``) as its authority, with the password (or, unless
+    ``keep_lone_user``, a lone user name) replaced by ``****``, and the tail after it."""
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            netloc = f"{user}:****@{hostport}"
+        else:
+            netloc = f"{user}@{hostport}" if keep_lone_user else f"****@{hostport}"
+    return netloc, tail
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password (or a lone user name) replaced by ``****``, and without a query
     or fragment (they may hold tokens): ``http://user:secret@host:3128`` becomes
@@ -122,15 +138,17 @@ def mask_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    netloc, tail = rest[:cut], rest[cut:]
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at:
-        user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}:****@{hostport}" if colon else f"****@{hostport}"
-    if "?" in tail or "#" in tail:
-        tail = tail.split("?", 1)[0].split("#", 1)[0]
-    return f"{scheme}{sep}{netloc}{tail}"
+    netloc, tail = _masked_authority(rest, keep_lone_user=False)
+    return f"{scheme}{sep}{netloc}{tail.split('?', 1)[0].split('#', 1)[0]}"
+
+
+def env_secret(variable: str, *, key: str) -> str:
+    """The value of the environment variable ``variable`` that a config key (``key``) names,
+    e.g. a password or a DSN; :class:`ConfigError` naming both when it is unset or empty."""
+    value = os.environ.get(variable, "")
+    if not value:
+        raise ConfigError(f"environment variable {variable} is not set", key=key)
+    return value
 
 
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
@@ -530,12 +548,7 @@ def mask_dsn(dsn: str) -> str:
     scheme, sep, rest = dsn.partition("://")
     if not sep:
         return "****" if dsn else ""
-    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    netloc, tail = rest[:cut], rest[cut:]
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at:
-        user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}:****@{hostport}" if colon else f"{user}@{hostport}"
+    netloc, tail = _masked_authority(rest, keep_lone_user=True)
     path, _, query = tail.split("#", 1)[0].partition("?")
     kept = [
         item

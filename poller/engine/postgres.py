@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import uuid
 from collections.abc import Sequence
@@ -45,7 +44,7 @@ from typing import Any, Final, Literal
 
 import asyncpg  # type: ignore[import-untyped]
 
-from poller.config import SinkConfig
+from poller.config import SinkConfig, env_secret
 from poller.config.model import mask_dsn
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import ConfigError, SinkError
@@ -221,9 +220,7 @@ def postgres_dsn(config: SinkConfig) -> str:
     """The sink's DSN: ``dsn``, or the value of the environment variable ``dsn_env``."""
     if not config.dsn_env:
         return config.dsn
-    value = os.environ.get(config.dsn_env, "")
-    if not value:
-        raise ConfigError(f"environment variable {config.dsn_env} is not set", key="dsn_env")
+    value = env_secret(config.dsn_env, key="dsn_env")
     if not value.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             f"environment variable {config.dsn_env} must hold a postgresql:// URL",

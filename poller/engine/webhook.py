@@ -47,7 +47,7 @@ from typing import Final
 
 import orjson
 
-from poller.config import SinkConfig, mask_url
+from poller.config import SinkConfig, env_secret, mask_url
 from poller.core.clock import Clock, parse_http_date, system_clock
 from poller.core.errors import ConfigError
 from poller.core.records import Record
@@ -103,12 +103,7 @@ def _expand(value: str, key: str) -> str:
 
 def webhook_secret(config: SinkConfig) -> str:
     if config.secret_env:
-        value = os.environ.get(config.secret_env)
-        if not value:
-            raise ConfigError(
-                f"environment variable {config.secret_env} is not set", key="secret_env"
-            )
-        return value
+        return env_secret(config.secret_env, key="secret_env")
     return config.secret
 
 

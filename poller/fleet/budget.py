@@ -47,7 +47,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from poller.config import ClusterConfig, mask_url
+from poller.config import ClusterConfig, env_secret, mask_url
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import ConfigError
 from poller.core.ratelimit import PacedRateLimiter, RateStats
@@ -100,13 +100,7 @@ def account_of(cluster: ClusterConfig, access_key_id: str | None) -> str:
 def _env_password(cluster: ClusterConfig) -> str | None:
     if not cluster.password_env:
         return None
-    password = os.environ.get(cluster.password_env)
-    if password is None:
-        raise ConfigError(
-            f"the environment variable {cluster.password_env} is not set",
-            key="cluster.password_env",
-        )
-    return password
+    return env_secret(cluster.password_env, key="cluster.password_env")
 
 
 def redis_secrets(cluster: ClusterConfig) -> list[str]:
