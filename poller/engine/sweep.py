@@ -135,12 +135,12 @@ async def _batches(
     keep = ctx.keep
     try:
         async for chunk in iter_chunks(source):
-            stats.uids_seen += len(chunk.uids)
-            for i, uid in enumerate(chunk.uids):
-                if keep is not None and not keep(uid):
-                    stats.uids_seen -= 1  # another member's UID
-                    continue
-                out = batcher.add(uid)
+            uids = chunk.uids
+            # A fleet member's share: the others' UIDs are neither seen nor batched here.
+            mine = range(len(uids)) if keep is None else [i for i, u in enumerate(uids) if keep(u)]
+            stats.uids_seen += len(mine)
+            for i in mine:
+                out = batcher.add(uids[i])
                 if out is None:
                     continue
                 if isinstance(out, Rejected) and chunk.lines is not None:
