@@ -63,6 +63,7 @@ from harness import (  # noqa: E402
     log,
     scratch_dir,
     stop_children_on_exit,
+    table,
 )
 
 from tests.redisserver import RedisServer  # noqa: E402  (needs REPO on sys.path)
@@ -423,24 +424,6 @@ def describe(run: Run) -> str:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
-
-
-def _cell(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:,.2f}"
-    if isinstance(x, int) and not isinstance(x, bool):
-        return f"{x:,}"
-    return str(x)
-
-
-def table(header: str, rows: list[tuple[Any, ...]]) -> str:
-    """A Markdown table: ``header`` is the columns joined by ``|``."""
-    columns = header.split("|")
-    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    lines += ["| " + " | ".join(_cell(x) for x in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def checks(run: Run) -> list[tuple[str, bool, str]]:

@@ -1,6 +1,7 @@
 """What the benchmarks that start processes share: progress lines on stderr, their child
 processes (emulator, Redis, pollers, daemons) stopped on any exit, SIGTERM and SIGHUP included,
-and each core's busy share (the work of other processes on the machine shows there).
+each core's busy share (the work of other processes on the machine shows there), and the
+Markdown tables of the reports.
 
 ::
 
@@ -28,11 +29,13 @@ from typing import Any, NoReturn
 __all__ = [
     "CHILDREN",
     "busy_share",
+    "cell",
     "core_times",
     "kill_children",
     "log",
     "scratch_dir",
     "stop_children_on_exit",
+    "table",
 ]
 
 #: Processes to kill if they are still running when the benchmark ends.
@@ -102,3 +105,23 @@ def busy_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, i
         if total > t0:
             parts.append(f"{core}: {1 - (idle - i0) / (total - t0):.0%}")
     return ", ".join(parts) or "-"
+
+
+def cell(x: Any, decimals: int = 2) -> str:
+    """One table cell: ``-`` for ``None``, thousands separators, ``|`` escaped."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.{decimals}f}"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return f"{x:,}"
+    return str(x).replace("|", "\\|")
+
+
+def table(header: str, rows: list[tuple[Any, ...]], *, decimals: int = 2) -> str:
+    """A Markdown table: ``header`` is the columns joined by ``|``; ``None`` shows as ``-``,
+    numbers with thousands separators (floats with ``decimals`` places)."""
+    columns = header.split("|")
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    lines += ["| " + " | ".join(cell(x, decimals) for x in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

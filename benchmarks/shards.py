@@ -87,7 +87,16 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:  # ``python benchmarks/shards.py`` puts only benchmarks/ on the path
     sys.path.insert(0, str(REPO))
 
-from harness import CHILDREN, busy_share, core_times, log, scratch_dir, stop_children_on_exit  # noqa: E402
+from harness import (  # noqa: E402
+    CHILDREN,
+    busy_share,
+    cell,
+    core_times,
+    log,
+    scratch_dir,
+    stop_children_on_exit,
+    table,
+)
 
 from tests.daemons import DaemonProcess, base_config, target  # noqa: E402
 from tests.redisserver import RedisServer, find_redis_server  # noqa: E402
@@ -713,23 +722,6 @@ def summary(sc: Scenario) -> str:
 # -- report ----------------------------------------------------------------------------------
 
 
-def _cell(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:,.2f}"
-    if isinstance(x, int) and not isinstance(x, bool):
-        return f"{x:,}"
-    return str(x)
-
-
-def table(header: str, rows: list[tuple[Any, ...]]) -> str:
-    columns = header.split("|")
-    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    lines += ["| " + " | ".join(_cell(x) for x in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -818,7 +810,7 @@ def report(scenarios: list[Scenario], meta: dict[str, str]) -> tuple[str, bool]:
                     sc.label,
                     sc.subject,
                     sc.rel(sc.event_index),
-                    f"{sc.subject_exit} after {_cell(sc.subject_exit_s)} s",
+                    f"{sc.subject_exit} after {cell(sc.subject_exit_s)} s",
                     sc.rel(sc.subject_last)
                     + (
                         ""
@@ -891,7 +883,7 @@ def report(scenarios: list[Scenario], meta: dict[str, str]) -> tuple[str, bool]:
                     sc.label,
                     sc.subject,
                     sc.rel(sc.event_index),
-                    f"{sc.rel(sc.subject_first)} ({_cell(first_start)} s after its start)",
+                    f"{sc.rel(sc.subject_first)} ({cell(first_start)} s after its start)",
                     f"{len(gaps)}: {sweeps_list(sc, gaps)}",
                     sum(r.zero for r in gaps),
                     f"{len(skipped)}: {sweeps_list(sc, skipped)}",

@@ -78,7 +78,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from harness import CHILDREN, log, scratch_dir, stop_children_on_exit
+from harness import CHILDREN, cell, log, scratch_dir, stop_children_on_exit, table
 
 from poller.emulator.process import EmulatorProcess
 from poller.wire.webhook import SIGNATURE_HEADER, verify
@@ -662,25 +662,13 @@ def change_key(r: dict[str, Any]) -> str:
 # -- the report ------------------------------------------------------------------------------
 
 
+def table1(header: str, rows: list[tuple[Any, ...]]) -> str:
+    """This report's tables: floats with one decimal."""
+    return table(header, rows, decimals=1)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
-
-
-def _cell(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:,.1f}"
-    if isinstance(x, int) and not isinstance(x, bool):
-        return f"{x:,}"
-    return str(x).replace("|", "\\|")
-
-
-def table(header: str, rows: list[tuple[Any, ...]]) -> str:
-    columns = header.split("|")
-    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    lines += ["| " + " | ".join(_cell(x) for x in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def mib(kb: float | None) -> str:
@@ -948,7 +936,7 @@ def log_section(out: Outcome) -> str:
     lines.append(
         "Every line of the `poller.sinks` logger or naming the webhook, numbers replaced by N:\n"
     )
-    lines.append(table("daemon|level|line|count", [(*k, n) for k, n in sorted(counts.items())]))
+    lines.append(table1("daemon|level|line|count", [(*k, n) for k, n in sorted(counts.items())]))
     notable = []
     for d in out.daemons:
         for e in d.webhook_events():
@@ -962,7 +950,7 @@ def log_section(out: Outcome) -> str:
     notable.sort(key=lambda x: x[0])
     if len(notable) > 40:
         lines.append(f"({len(notable)} lines; the first 40)\n")
-    lines.append(table("s|daemon|level|line", notable[:40]))
+    lines.append(table1("s|daemon|level|line", notable[:40]))
     levels: collections.Counter[tuple[str, str]] = collections.Counter()
     for d in out.daemons:
         for e in d.events:
@@ -983,13 +971,13 @@ def timeline_section(out: Outcome) -> str:
         m = s.metrics or {}
         rows.append((
             f"{s.t:.1f}", s.phase, s.daemon, mib(s.rss_kb),
-            _cell(m.get("poller_webhook_spooled_batches")),
+            cell(m.get("poller_webhook_spooled_batches"), 1),
             "-" if not m else f"{m.get('poller_webhook_spooled_bytes', 0) / 1024:,.1f}",
-            _cell(m.get("poller_webhook_oldest_undelivered_seconds")),
-            _cell(m.get("poller_webhook_delivered_records_total")),
-            _cell(m.get("poller_webhook_retries_total")),
+            cell(m.get("poller_webhook_oldest_undelivered_seconds"), 1),
+            cell(m.get("poller_webhook_delivered_records_total"), 1),
+            cell(m.get("poller_webhook_retries_total"), 1),
         ))  # fmt: skip
-    return "## Timeline (a sample every ~10 s; `-`: no /metrics yet)\n\n" + table(
+    return "## Timeline (a sample every ~10 s; `-`: no /metrics yet)\n\n" + table1(
         "s|phase|daemon|VmRSS|spooled batches|spooled KiB|oldest undelivered s|delivered records"
         "|retries",
         rows,
@@ -1000,23 +988,23 @@ def report(out: Outcome, meta: list[tuple[str, Any]]) -> tuple[str, bool]:
     a = analyse(out)
     ok = all(passed for _, passed, _ in a.checks) and out.error is None
     parts = ["# Webhook sink: receiver failures, an outage and a kill -9 (issue 16)\n"]
-    parts.append(table("item|value", meta))
+    parts.append(table1("item|value", meta))
     if out.error:
         parts.append(f"**The run was cut short:** {out.error}\n")
     parts.append("## Checks\n")
-    parts.append(table("check|value|verdict", [(n, v, verdict(p)) for n, p, v in a.checks]))
+    parts.append(table1("check|value|verdict", [(n, v, verdict(p)) for n, p, v in a.checks]))
     parts.append("## Figures\n")
-    parts.append(table("figure|value", a.figures))
+    parts.append(table1("figure|value", a.figures))
     parts.append("## Memory and spool by phase (samples every few seconds)\n")
     parts.append(
-        table(
+        table1(
             "phase|daemon|samples|VmRSS min|VmRSS max|VmRSS last|max spooled|max spooled batches",
             a.memory_rows,
         )
     )
     parts.append(timeline_section(out))
     parts.append("## Static group: the UIDs flipped most (flips made vs first receipts)\n")
-    parts.append(table("uid|flips made|received, de-duplicated (version:online)", a.static_rows))
+    parts.append(table1("uid|flips made|received, de-duplicated (version:online)", a.static_rows))
     parts.append(log_section(out))
     return "\n".join(parts), ok
 
