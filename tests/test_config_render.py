@@ -123,6 +123,8 @@ def test_check_config_format() -> None:
         "[sweep]",
         "[daemon]",
         "[metrics]",
+        "[lookups]",
+        "[query]",
         "[[targets]]",
         "[[sinks]]",
     ]

@@ -488,6 +488,50 @@ class MetricsConfig(_Checked):
     ready_max_age_s: float = field(default=0.0, metadata=FINITE_GE_0)
 
 
+def _share(value: float) -> str | None:
+    if not 0.0 <= value <= 1.0:
+        return f"must be between 0 and 1; got {value!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookupsConfig(_Checked):
+    """``[lookups]``: on-demand questions (:meth:`poller.Poller.lookup`, ``GET /v1/presence``
+    with ``fresh=1``), coalesced into batches on the same rate meters as the sweeps."""
+
+    key_prefix: ClassVar[str] = "lookups"
+
+    #: The share of each action's budget lookups are sure of while they have questions waiting
+    #: (a floor: idle lookups leave the whole budget to the sweeps).
+    min_share: float = field(default=0.2, metadata={"check": _share})
+    #: How long a question waits for company while rate slots are free (ms).
+    linger_ms: float = field(default=5.0, metadata=FINITE_GE_0)
+    #: Serve an answer younger than this from memory (0: never).
+    cache_ttl_s: float = field(default=0.0, metadata=FINITE_GE_0)
+    #: Answers kept in memory at most (least recently used go first).
+    cache_size: int = field(default=100_000, metadata=AT_LEAST_1)
+    #: Questions waiting for a batch at most; beyond, a question fails at once (overload).
+    max_pending: int = field(default=10_000, metadata=AT_LEAST_1)
+    #: How long a question waits for its answer before the caller gets a timeout.
+    timeout_s: float = field(default=10.0, metadata=FINITE_GT_0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryConfig(_Checked):
+    """``[query]``: the daemon answers ``GET /v1/presence`` from what it knows (or, with
+    ``fresh=1``, through a lookup)."""
+
+    key_prefix: ClassVar[str] = "query"
+
+    #: ``host:port`` to listen on; empty = off. A non-loopback address requires ``token_env``.
+    listen: str = field(default="", metadata=HOST_PORT)
+    #: The environment variable holding the bearer token callers must send
+    #: (``Authorization: Bearer <token>``); empty = no token (loopback only).
+    token_env: str = ""
+    #: User IDs one request may ask about at most.
+    max_uids: int = field(default=100, metadata=_between(1, 10_000))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterConfig(_Checked):
     """``[cluster]``: several poller processes on one account coordinate through Redis. Absent:
@@ -661,6 +705,8 @@ class PollerConfig(_Checked):
     sweep: SweepConfig = SweepConfig()
     daemon: DaemonConfig = DaemonConfig()
     metrics: MetricsConfig = MetricsConfig()
+    lookups: LookupsConfig = LookupsConfig()
+    query: QueryConfig = QueryConfig()
     #: Optional: ``None`` when the file has no ``[cluster]`` table.
     cluster: ClusterConfig | None = None
     targets: tuple[TargetConfig, ...] = ()

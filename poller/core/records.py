@@ -122,6 +122,8 @@ class PresenceRecord(_TargetUid):
     join_time: int | None
     polled_at: int
     request_id: str
+    #: A lookup's answer: how old it is (ms; from the cache, or just now).
+    age_ms: NotRequired[int]
 
 
 class ErrorRecord(_TargetUid):
@@ -132,6 +134,7 @@ class ErrorRecord(_TargetUid):
     http_status: NotRequired[int]
     request_id: NotRequired[str]
     attempts: NotRequired[int]
+    age_ms: NotRequired[int]
 
 
 class ChangeRecord(_TargetUid):

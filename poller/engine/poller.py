@@ -21,6 +21,7 @@ from poller.config import PollerConfig
 from poller.core.apis import LEGACY_API, api_spec
 from poller.core.clock import Clock, SkewedClock, system_clock
 from poller.core.errors import ConfigError
+from poller.core.lanes import SharedMeter
 from poller.core.ratelimit import PacedRateLimiter, RateMeter, Retunable
 from poller.core.records import Record, Target
 from poller.core.retry import Retrier
@@ -31,6 +32,7 @@ from poller.wire.discovery import discover_members
 from poller.wire.signing import SigningCredentials
 
 from .batch import StopControl, SweepContext
+from .lookup import Lookup, LookupListener
 from .sinks import Sink
 from .sources import UidInput
 from .sweep import RecordQueue, Work, run_sweep
@@ -93,6 +95,9 @@ class Poller:
             self._meters[LEGACY_API] = rate_meter
         self._own_meter = rate_meter is None
         self._discovery_meters: dict[str, RateMeter] = {}
+        # Each presence meter split between sweeps and lookups (lookups' floor: min_share).
+        self._shared: dict[str, SharedMeter] = {}
+        self._lookups: set[Lookup] = set()
         self._fleet: Fleet | None = None
         self._clock = SkewedClock.wrap(clock or system_clock())
         self._on_attempt = on_attempt
@@ -157,6 +162,14 @@ class Poller:
             self._meters[api] = meter
         return meter
 
+    def _shared_for(self, api: str) -> SharedMeter:
+        shared = self._shared.get(api)
+        if shared is None:
+            shared = self._shared[api] = SharedMeter(
+                self._meter_for(api), min_share=self._config.lookups.min_share, clock=self._clock
+            )
+        return shared
+
     def _discovery_meter_for(self, list_action: str) -> RateMeter:
         meter = self._discovery_meters.get(list_action)
         if meter is None:
@@ -173,6 +186,9 @@ class Poller:
         tb: TracebackType | None,
     ) -> None:
         self._state = _State.CLOSED
+        lookups, self._lookups = self._lookups, set()
+        for lookup in lookups:
+            await lookup.aclose()
         fleet, self._fleet = self._fleet, None
         client, self._client = self._client, None
         try:
@@ -224,6 +240,8 @@ class Poller:
                 if isinstance(meter, Retunable):
                     meter.reconfigure(qps, margin_s=margin_s, adaptive=adaptive)
             self._inflight = asyncio.Semaphore(limits.max_in_flight)
+        for shared in self._shared.values():
+            shared.min_share = config.lookups.min_share
         if config.retry != old.retry:
             self._retrier.configure(config.retry.policy(), config.retry.budget())
         self._config = config
@@ -321,7 +339,7 @@ class Poller:
             deadline=stats.started_at + deadline_s if deadline_s > 0 else None,
             fetcher=fetcher,
             retrier=self._retrier,
-            meters={api: self._meter_for(api) for api in {t.api for t, _ in work}},
+            meters={api: self._shared_for(api).sweeps for api in {t.api for t, _ in work}},
             clock=self._clock,
             control=self._control,
             keep=keep,
@@ -376,6 +394,58 @@ class Poller:
                 await sink.flush()
         assert self.last is not None
         return self.last
+
+    def lookup(
+        self,
+        target: Target | tuple[str, str],
+        *,
+        linger_ms: float | None = None,
+        cache_ttl_s: float | None = None,
+        timeout_s: float | None = None,
+        cache_size: int | None = None,
+        max_pending: int | None = None,
+        listener: LookupListener | None = None,
+    ) -> Lookup:
+        """A handle answering questions about single UIDs of ``target``, coalesced into
+        batches on the rate meter the sweeps use (see :mod:`poller.engine.lookup`)::
+
+            lookup = poller.lookup(Target("app", "group"), cache_ttl_s=1)
+            record = await lookup.get("u1")  # {"type": "presence", "online": True, ...}
+
+        Unset arguments come from ``[lookups]``. While lookups have questions waiting they are
+        sure of ``[lookups] min_share`` of the action's budget; the sweeps keep the rest. The
+        handle closes with the poller (or earlier: ``await lookup.aclose()``).
+        """
+        self._require_open()
+        if isinstance(target, tuple):
+            target = Target(*target)
+        defaults = self._config.lookups
+        lookup = Lookup(
+            target,
+            fetcher=self._current_fetcher,
+            retrier=self._retrier,
+            meter=self._shared_for(target.api).lookups,
+            inflight=self._current_inflight,
+            clock=self._clock,
+            linger_s=(defaults.linger_ms if linger_ms is None else linger_ms) / 1000.0,
+            cache_ttl_s=defaults.cache_ttl_s if cache_ttl_s is None else cache_ttl_s,
+            timeout_s=defaults.timeout_s if timeout_s is None else timeout_s,
+            cache_size=defaults.cache_size if cache_size is None else cache_size,
+            max_pending=defaults.max_pending if max_pending is None else max_pending,
+            max_uid_bytes=self._config.sweep.max_uid_bytes,
+            listener=listener,
+        )
+        self._lookups.add(lookup)
+        return lookup
+
+    def _current_fetcher(self) -> BatchFetcher:
+        fetcher = self._fetcher or self._client
+        assert fetcher is not None
+        return fetcher
+
+    def _current_inflight(self) -> asyncio.Semaphore:
+        assert self._inflight is not None
+        return self._inflight
 
     async def discover(self, target: Target) -> list[str]:
         """The members of ``target``'s group, listed page by page through the retry loop on
