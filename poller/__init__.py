@@ -17,6 +17,7 @@ from poller.core.errors import (
 )
 from poller.core.records import ChangeRecord, ErrorRecord, PresenceRecord, Record, Target
 from poller.core.stats import SweepStats
+from poller.engine.lookup import Lookup, LookupOverloaded
 from poller.engine.poller import Poller
 from poller.engine.sinks import CallbackSink, FileSink, Sink, StdoutSink
 from poller.engine.sources import Stdin, UidFile
@@ -34,6 +35,8 @@ __all__ = [
     "ConfigError",
     "ErrorRecord",
     "FileSink",
+    "Lookup",
+    "LookupOverloaded",
     "PermissionDenied",
     "Poller",
     "PollerConfig",

@@ -27,12 +27,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from poller.core.clock import Clock, system_clock
 from poller.core.records import TargetKey
 from poller.core.stats import Attempt, SweepStats
+from poller.engine.lookup import SOURCES as LOOKUP_SOURCES
 from poller.engine.sinks import MeteredSink
 
 __all__ = [
     "FleetLike",
     "FleetState",
     "HealthServer",
+    "LookupMetrics",
     "Metrics",
     "Readiness",
     "ShardsLike",
@@ -148,6 +150,7 @@ class Metrics:
         self._statuses: set[str] = set()
         self._request_metrics(self.registry)
         self._sweep_metrics(self.registry)
+        self._lookup_metrics(self.registry)
 
     def _request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -223,6 +226,39 @@ class Metrics:
             "Unix time the last sweep finished.",
             registry=r,
         )
+
+    def _lookup_metrics(self, r: CollectorRegistry) -> None:
+        self.lookup_questions = Counter(
+            "poller_lookup_questions",
+            "Questions asked of lookups, by API action and where the answer came from: cache, "
+            "shared (a question already waiting or in flight), sent, invalid, overloaded.",
+            ["action", "source"],
+            registry=r,
+        )
+        self.lookup_batch_uids = Histogram(
+            "poller_lookup_batch_uids",
+            "User IDs per lookup request, by API action.",
+            ["action"],
+            buckets=(1, 2, 5, 10, 15, 20),
+            registry=r,
+        )
+        self.lookup_wait = Histogram(
+            "poller_lookup_wait_seconds",
+            "How long a lookup caller waited for its answer (cache hits included), by action.",
+            ["action"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.query_requests = Counter(
+            "poller_query_requests",
+            "Requests to the query endpoint (GET /v1/presence) by HTTP status.",
+            ["status"],
+            registry=r,
+        )
+
+    def lookup_listener(self, action: str) -> LookupMetrics:
+        """A :class:`~poller.engine.lookup.LookupListener` counting into these metrics."""
+        return LookupMetrics(self, action)
 
     def watch_fleet(self, fleet: FleetLike) -> None:
         """Fleet metrics (``[cluster]``): members, degraded mode, Redis round trips."""
@@ -307,6 +343,28 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LookupMetrics:
+    """One API action's lookup events, counted (a :class:`~poller.engine.lookup.LookupListener`)."""
+
+    __slots__ = ("_answer", "_batch", "_questions")
+
+    def __init__(self, metrics: Metrics, action: str) -> None:
+        self._questions = {
+            source: metrics.lookup_questions.labels(action, source) for source in LOOKUP_SOURCES
+        }
+        self._batch = metrics.lookup_batch_uids.labels(action)
+        self._answer = metrics.lookup_wait.labels(action)
+
+    def on_question(self, source: str) -> None:
+        self._questions[source].inc()
+
+    def on_batch(self, uids: int) -> None:
+        self._batch.observe(uids)
+
+    def on_answer(self, wait_s: float) -> None:
+        self._answer.observe(wait_s)
 
 
 @dataclass(slots=True)

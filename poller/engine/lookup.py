@@ -55,7 +55,7 @@ from poller.wire.client import BatchFetcher
 
 from .batch import StopControl, SweepContext, poll_batch
 
-__all__ = ["Answer", "Lookup", "LookupListener", "LookupOverloaded", "LookupStats"]
+__all__ = ["SOURCES", "Answer", "Lookup", "LookupListener", "LookupOverloaded", "LookupStats"]
 
 log = logging.getLogger("poller.lookup")
 
