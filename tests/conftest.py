@@ -122,6 +122,40 @@ class InstantRateMeter:
         return RateStats(self.granted, 0.0, 0.0, 0.0, len(self.throttled), 0)
 
 
+class GateMeter:
+    """Grants a slot only when the test opens the gate (one slot per :meth:`open`)."""
+
+    def __init__(self) -> None:
+        self._slots = asyncio.Semaphore(0)
+        self.waiting = 0
+        self.granted = 0
+        self.throttled: list[float | None] = []
+
+    def open(self, slots: int = 1) -> None:
+        for _ in range(slots):
+            self._slots.release()
+
+    async def acquire(self) -> float:
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.granted += 1
+        return 0.0
+
+    def on_throttled(self, retry_after_s: float | None) -> None:
+        self.throttled.append(retry_after_s)
+
+    def stats(self) -> RateStats:
+        return RateStats(self.granted, 0.0, 0.0, 0.0, len(self.throttled), 0)
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
 Script = Callable[[Batch, int], PollerError | None]
 
 

@@ -10,6 +10,11 @@ the turn passes on:
 * when both wait, to lookups if their share of the slots granted in the last ``window_s`` is
   below ``min_share``, else to sweeps. So lookups are sure of ``min_share`` of the budget while
   they have work (a floor, not a cap), and sweeps keep the rest.
+* A lane asks for one slot at a time (a sweep's spawn loop, a lookup's dispatcher): the caller
+  just granted is not waiting yet when the turn passes, though it will be a moment later. So
+  when the rule picks the lane just granted and it has nobody waiting, the turn is kept for it
+  for ``grace_s`` (2 ms): were it given to the other lane, the lanes would simply alternate.
+  If the lane does not come back within the grace, the turn goes to whoever waits.
 
 A lane's waiters are served in order. A caller cancelled while it waits for its turn leaves
 nothing behind; one cancelled after the turn reached it passes the turn on. An uncontended
@@ -26,10 +31,12 @@ from typing import Final
 from .clock import Clock, system_clock
 from .ratelimit import RateMeter, RateStats
 
-__all__ = ["LOOKUPS", "SWEEPS", "Lane", "SharedMeter"]
+__all__ = ["GRACE_S", "LOOKUPS", "SWEEPS", "Lane", "SharedMeter"]
 
 SWEEPS: Final = "sweeps"
 LOOKUPS: Final = "lookups"
+#: How long the turn is kept for the lane just granted (see the module doc).
+GRACE_S: Final = 0.002
 
 
 class Lane:
@@ -67,6 +74,7 @@ class SharedMeter:
         min_share: float,
         clock: Clock | None = None,
         window_s: float = 1.0,
+        grace_s: float = GRACE_S,
     ) -> None:
         if not 0.0 <= min_share <= 1.0:
             raise ValueError(f"min_share must be between 0 and 1; got {min_share}")
@@ -74,9 +82,12 @@ class SharedMeter:
         self.min_share = min_share
         self._clock = clock or system_clock()
         self._window = window_s
+        self._grace = grace_s
         self.sweeps = Lane(self, SWEEPS)
         self.lookups = Lane(self, LOOKUPS)
-        self._busy = False  # a caller holds the turn (waits inside the meter)
+        self._busy = False  # a caller holds the turn (waits inside the meter), or it is kept
+        self._kept_for: Lane | None = None  # the lane the turn is kept for (see module doc)
+        self._keeping: asyncio.TimerHandle | None = None
         self._recent: deque[tuple[float, bool]] = deque()  # (granted at, to lookups)
         self._recent_lookups = 0
 
@@ -91,7 +102,9 @@ class SharedMeter:
     async def acquire(self, lane: Lane) -> float:
         """Wait for ``lane``'s turn, then for a slot of the meter; the seconds waited."""
         start = self._clock.monotonic()
-        if self._busy:
+        if self._kept_for is lane:
+            self._stop_keeping()  # the turn was kept for this lane: take it
+        elif self._busy:
             turn = asyncio.get_running_loop().create_future()
             lane.waiters.append(turn)
             try:
@@ -112,7 +125,7 @@ class SharedMeter:
             raise
         now = self._clock.monotonic()
         self._note(lane, now)
-        self._pass_turn()
+        self._pass_turn(lane)
         return now - start
 
     def _note(self, lane: Lane, now: float) -> None:
@@ -127,13 +140,39 @@ class SharedMeter:
         while recent and recent[0][0] < horizon:
             self._recent_lookups -= recent.popleft()[1]
 
-    def _pass_turn(self) -> None:
-        sweeps, lookups = self.sweeps.waiters, self.lookups.waiters
-        order = (lookups, sweeps) if self.lookup_share() < self.min_share else (sweeps, lookups)
-        for waiters in order:
-            while waiters:
-                turn = waiters.popleft()
-                if not turn.done():  # a waiter cancelled a moment ago is skipped
-                    turn.set_result(None)
-                    return
-        self._busy = False
+    def _pass_turn(self, granted: Lane | None = None) -> None:
+        """Hand the turn on; ``granted`` is the lane whose caller was just granted a slot."""
+        first, second = (
+            (self.lookups, self.sweeps)
+            if self.lookup_share() < self.min_share
+            else (self.sweeps, self.lookups)
+        )
+        if _wake_first(first.waiters):
+            return
+        if first is granted and second.waiters and self._grace > 0:
+            self._kept_for = first  # it will ask again in a moment
+            self._keeping = asyncio.get_running_loop().call_later(self._grace, self._give_up)
+            return
+        if not _wake_first(second.waiters):
+            self._busy = False
+
+    def _stop_keeping(self) -> None:
+        self._kept_for = None
+        if self._keeping is not None:
+            self._keeping.cancel()
+            self._keeping = None
+
+    def _give_up(self) -> None:
+        """The lane the turn was kept for did not come back: whoever waits gets it."""
+        self._kept_for = self._keeping = None
+        self._pass_turn()
+
+
+def _wake_first(waiters: deque[asyncio.Future[None]]) -> bool:
+    """Give the turn to the first waiter still waiting (one cancelled a moment ago is skipped)."""
+    while waiters:
+        turn = waiters.popleft()
+        if not turn.done():
+            turn.set_result(None)
+            return True
+    return False
