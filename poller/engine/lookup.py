@@ -402,6 +402,10 @@ class Lookup:
         records: list[Record] | None = None
         try:
             records = await poll_batch(ctx, batch, waited)
+            if self._closed:  # aborted by aclose(), not by a daemon's drain timeout
+                for record in records:
+                    if record["type"] == "error" and record["code"] == CANCELLED:
+                        record["message"] = "cancelled in flight: the lookup was closed"
         except Exception:  # a bug, never a failed request: those are error records
             log.exception("lookup batch of %s failed", self.target)
             records = ctx.failed(batch, None, code="Error", message="internal error")
