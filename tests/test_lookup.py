@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller.config import LookupsConfig, PollerConfig
+from poller.config import ApiConfig, LookupsConfig, PollerConfig
 from poller.core.errors import AuthError, PollerError
 from poller.core.records import Batch, Target
+from poller.emulator import EmulatorConfig, EmulatorServer, GroupSpec
 from poller.engine.lookup import Answer, Lookup, LookupOverloaded
 from poller.engine.poller import Poller
 from tests.conftest import FakeClock, GateMeter, InstantRateMeter, ScriptedFetcher, settle
@@ -324,3 +328,32 @@ async def _interleave(
     for batch in fetcher.calls:
         assert len(set(batch.uids)) == len(batch.uids) <= 20
     assert asyncio.all_tasks() - before <= {asyncio.current_task()}
+
+
+# -- the README's handler ------------------------------------------------------------------
+
+
+async def test_the_readme_handler_answers_through_a_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    at = readme.index('LOOKUP = web.AppKey("lookup", Lookup)')
+    code = readme[readme.rindex("```python", 0, at) + len("```python") : readme.index("```", at)]
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "demo-key")
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "demo-secret")
+    groups = (GroupSpec("my-app", "my-group", 50),)
+    async with EmulatorServer(EmulatorConfig(port=0, groups=groups)) as server:
+        config = f"PollerConfig(api=ApiConfig(endpoint={server.endpoint!r}, protocol='http'))"
+        assert code.count("PollerConfig()") == 1
+        namespace: dict[str, object] = {"__name__": "readme", "ApiConfig": ApiConfig}
+        exec(code.replace("PollerConfig()", config), namespace)
+        app = namespace["app"]
+        assert isinstance(app, web.Application)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            answers = []
+            for uid in ("user-000001", "user-000002", "a,b"):
+                response = await client.get(f"/presence/{uid}")
+                assert response.status == 200
+                answers.append(await response.json())
+        truth = server.state.online_users("my-app", "my-group", ["user-000001", "user-000002"])
+    assert [a["type"] for a in answers] == ["presence", "presence", "error"]
+    assert [a["online"] for a in answers[:2]] == [t["Online"] for t in truth]
+    assert answers[2]["code"] == "InvalidUserId"
