@@ -1,6 +1,7 @@
 """Who decides a daemon's transitions: the daemon itself (:class:`LocalChanges`, with its state
 file) or, in a sharded fleet, Redis (:class:`poller.apps.sharded.FleetSweeps`). The daemon's
-sweep loop sees only the :class:`Changes` protocol."""
+sweep loop sees only the :class:`Changes` protocol; its query endpoint reads the same state
+through :meth:`KnownStates.last_known`."""
 
 from __future__ import annotations
 
@@ -9,18 +10,31 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
-from poller.core.changes import ChangeTracker
+from poller.core.changes import ChangeTracker, LastKnown
 from poller.core.records import Record, TargetKey
 from poller.engine.state import StateError, StateStore
 
 from .logs import log_event
 
-__all__ = ["Changes", "LocalChanges"]
+__all__ = ["Changes", "KnownStates", "LocalChanges", "StateUnavailable"]
 
 log = logging.getLogger("poller.daemon")
 
 
-class Changes(Protocol):
+class StateUnavailable(Exception):
+    """The last known states cannot be read just now (a fleet's Redis is unreachable)."""
+
+
+class KnownStates(Protocol):
+    """Where a daemon's last known state of each UID can be read."""
+
+    async def last_known(self, key: TargetKey, uids: Sequence[str]) -> list[LastKnown | None]:
+        """Each of ``uids``' last known state in target ``key``, in order (``None``: not
+        known). Raises :class:`StateUnavailable` when the state cannot be read now."""
+        ...
+
+
+class Changes(KnownStates, Protocol):
     """What a daemon's sweep asks of whoever decides its transitions."""
 
     #: Transitions decided so far.
@@ -96,3 +110,7 @@ class LocalChanges:
 
     def set_emit(self, emit: Literal["changes", "all"], *, presence: bool) -> None:
         self.tracker.emit, self.tracker.presence = emit, presence
+
+    async def last_known(self, key: TargetKey, uids: Sequence[str]) -> list[LastKnown | None]:
+        tracker = self.tracker
+        return [tracker.last_known(key, uid) for uid in uids]

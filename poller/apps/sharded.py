@@ -12,6 +12,8 @@ Imported only then (it imports :mod:`poller.fleet`, hence redis). What changes f
   is not used (the lock on ``state_dir`` still is).
 * **Discovery** is done by the leader, which shares each member list through Redis; the other
   members read it.
+* **Queries** from state (``GET /v1/presence``) read the fleet's shared state: every member
+  answers for every UID, whichever member polls it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from poller.config import PollerConfig
+from poller.core.changes import LastKnown
 from poller.core.errors import PollerError
 from poller.core.records import Record, Target, TargetKey
 from poller.engine.poller import Poller
@@ -31,6 +34,7 @@ from poller.fleet import FleetUnavailable
 from poller.fleet.shards import ShardLeases
 from poller.fleet.state import SharedState
 
+from .changes import StateUnavailable
 from .logs import log_event
 from .metrics import Metrics, Readiness
 
@@ -130,6 +134,17 @@ class FleetSweeps:
                 if gone:
                     log_event(log, logging.INFO, "forgot UIDs no longer listed", uids=gone)
         return online
+
+    # -- queries --------------------------------------------------------------------------------
+
+    async def last_known(self, key: TargetKey, uids: Sequence[str]) -> list[LastKnown | None]:
+        """The fleet's last known state of ``uids`` (whoever polled them), from Redis."""
+        try:
+            return await self.state.last_known(key, uids)
+        except FleetUnavailable as exc:
+            raise StateUnavailable(
+                "cannot read the fleet's shared state: Redis is unreachable"
+            ) from exc
 
     # -- discovery ------------------------------------------------------------------------------
 

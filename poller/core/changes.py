@@ -16,12 +16,17 @@ Semantics, per target (API, app, group) and UID:
 
 The tracker keeps track of what changed since the state was last saved (:meth:`take_delta`),
 so a store upserts only the changed rows of a million-UID target at each sweep.
+
+In memory (never persisted) each UID also carries when its state was last confirmed: the
+``polled_at`` and sweep of its last successful poll, which :meth:`ChangeTracker.last_known`
+answers with (the query endpoint's answers from state). A state loaded at start has neither
+until the UID is polled again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 from .records import (
     INVALID_USER_ID,
@@ -34,15 +39,30 @@ from .records import (
     target_key,
 )
 
-__all__ = ["ChangeTracker", "StateDelta", "UidState"]
+__all__ = ["ChangeTracker", "LastKnown", "StateDelta", "UidState"]
 
 UidState: TypeAlias = tuple[bool | None, int | None, int, bool]
 """What is remembered (and persisted) of a UID: ``(online, join_time, version, announce)``;
 ``online`` is ``None`` while every poll of the UID failed, and ``announce`` says whether its
 first success is reported (a UID added after the target's first sweep)."""
 
-# In memory, each UID also carries the last sweep it was seen in (not persisted).
-_Entry: TypeAlias = tuple[bool | None, int | None, int, bool, int]
+# In memory, each UID also carries (not persisted) the last sweep it was seen in, then the
+# polled_at and sweep of its last successful poll (None after a restore, until polled again):
+# (online, join_time, version, announce, seen_sweep, polled_at, polled_sweep).
+_Entry: TypeAlias = tuple[bool | None, int | None, int, bool, int, int | None, int | None]
+
+
+class LastKnown(NamedTuple):
+    """A UID's last known presence, as a daemon answers it from its state."""
+
+    #: ``None`` while every poll of the UID failed (its presence is not known).
+    online: bool | None
+    join_time: int | None
+    #: Epoch ms of the last poll that found this state; ``None`` when not known (a state
+    #: loaded at start, until the UID is polled again).
+    polled_at: int | None
+    #: The sweep of that poll, when known.
+    sweep: int | None
 
 
 @dataclass(slots=True)
@@ -113,20 +133,22 @@ class ChangeTracker:
         emit_all = self.emit == "all"
         if self.presence:
             out.append(rec)
+        polled_at = rec["polled_at"]
         if prev is None or prev[0] is None:  # the first known state of this UID
             new = self._first_sweep[key] != sweep if prev is None else prev[3]
             version = 1 if new and not emit_all else 0
-            self._set(key, states, uid, (online, join_time, version, False, sweep))
+            entry = (online, join_time, version, False, sweep, polled_at, sweep)
+            self._set(key, states, uid, entry)
             if version:
                 self.changes += 1
                 out.append(change_record(rec, None, version))
             return
         if prev[0] == online and prev[1] == join_time:
-            if prev[4] != sweep:
-                states[uid] = (online, join_time, prev[2], prev[3], sweep)
+            # unchanged: nothing to save, but the state is confirmed as of this poll
+            states[uid] = (online, join_time, prev[2], prev[3], sweep, polled_at, sweep)
             return
         version = prev[2] + 1
-        self._set(key, states, uid, (online, join_time, version, False, sweep))
+        self._set(key, states, uid, (online, join_time, version, False, sweep, polled_at, sweep))
         self.changes += 1
         change: ChangeRecord = change_record(rec, prev[0], version)
         out.append(change)
@@ -139,9 +161,9 @@ class ChangeTracker:
         prev = states.get(uid)
         if prev is None:  # present, state unknown: learned (or announced) on its first success
             announce = self._first_sweep[key] != sweep
-            self._set(key, states, uid, (None, None, 0, announce, sweep))
-        elif prev[4] != sweep:
-            states[uid] = (prev[0], prev[1], prev[2], prev[3], sweep)  # keep, not forget
+            self._set(key, states, uid, (None, None, 0, announce, sweep, None, None))
+        elif prev[4] != sweep:  # keep, not forget (a failed poll confirms nothing)
+            states[uid] = (prev[0], prev[1], prev[2], prev[3], sweep, prev[5], prev[6])
 
     # -- end of sweep ----------------------------------------------------------------------
 
@@ -192,7 +214,7 @@ class ChangeTracker:
     def restore(self, targets: dict[TargetKey, dict[str, UidState]], sweep: int) -> None:
         """Start from a saved state (taken after sweep ``sweep``); nothing is dirty."""
         self._state = {
-            key: {uid: (*state, sweep) for uid, state in states.items()}
+            key: {uid: (*state, sweep, None, None) for uid, state in states.items()}
             for key, states in targets.items()
         }
         self._first_sweep = dict.fromkeys(self._state, sweep)
@@ -202,3 +224,11 @@ class ChangeTracker:
     def known(self, key: TargetKey) -> dict[str, UidState]:
         """The remembered state of one target's UIDs (a copy)."""
         return {uid: entry[:4] for uid, entry in self._state.get(key, {}).items()}
+
+    def last_known(self, key: TargetKey, uid: str) -> LastKnown | None:
+        """``uid``'s last known presence in target ``key`` (``None``: not remembered)."""
+        states = self._state.get(key)
+        entry = None if states is None else states.get(uid)
+        if entry is None:
+            return None
+        return LastKnown(entry[0], entry[1], entry[5], entry[6])

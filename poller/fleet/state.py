@@ -20,6 +20,8 @@ during a handover, and a member restarted mid-fleet continues from the fleet's s
   (a flip and its flip back within the outage are not seen).
 * A Redis that lost its data starts every target afresh: the next sweep learns the states
   silently, so transitions during the loss are missed but no burst of false ones appears.
+* Any member reads any UID's last known state (:meth:`SharedState.last_known`, one HMGET),
+  whichever member polled it: the query endpoint of every member answers for every UID.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Final, cast
 import orjson
 import redis.asyncio as aioredis
 
+from poller.core.changes import LastKnown
 from poller.core.records import (
     INVALID_USER_ID,
     ChangeRecord,
@@ -209,6 +212,17 @@ class SharedState:
                     self._decided = stream_id
         return records[:limit]
 
+    async def last_known(self, key: TargetKey, uids: Sequence[str]) -> list[LastKnown | None]:
+        """Each of ``uids``' last known state in target ``key`` as the fleet knows it (``None``:
+        not known), with one HMGET; :class:`FleetUnavailable` when Redis cannot be read."""
+        if not uids:
+            return []
+        state_key = self.keys.state(target_label(key))
+        names = list(uids)
+        # The client decodes replies (decode_responses=True); redis-py's types cannot say so.
+        raws = cast(list[str | None], await self.fleet.command(lambda r: r.hmget(state_key, names)))
+        return [None if raw is None else _last_known(raw) for raw in raws]
+
     def take_online(self) -> dict[TargetKey, int]:
         """Online UIDs per target among this member's results since the last call."""
         online, self._online = self._online, {}
@@ -255,6 +269,17 @@ class SharedState:
                 if not cursor:
                     break
         return gone
+
+
+def _last_known(raw: str) -> LastKnown:
+    """A UID's state as the CHANGES script writes it (its JSON)."""
+    state = orjson.loads(raw)
+    online = state.get("online")
+    if online is None:  # every poll failed so far: its polled_at is a failed poll's
+        return LastKnown(None, None, None, None)
+    return LastKnown(
+        bool(online), state.get("join_time"), state.get("polled_at"), state.get("sweep")
+    )
 
 
 async def _stale_page(
