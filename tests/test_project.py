@@ -78,4 +78,5 @@ def test_layering() -> None:
                 "wire/aiohttp_transport.py",
                 "wire/webhook.py",
                 "apps/metrics.py",
+                "apps/query.py",
             }, rel

@@ -20,6 +20,10 @@ Lifecycle:
 * a sharded fleet (``[cluster] shard_targets``, :mod:`poller.apps.sharded`): sweeps aligned to
   the fleet's clock, only this member's shards polled, transitions decided in Redis; SIGTERM
   hands the shards over before the drain.
+* ``[query] listen``: ``GET /v1/presence`` answers from the last known state, or with
+  ``fresh=1`` through coalesced lookups (:mod:`poller.apps.query`); it listens once the poller
+  is open and closes before it. Its bearer token (``[query] token_env``) is read at start: an
+  unset variable is a config error (exit 78).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from poller.config import PollerConfig, load_config
+from poller.config import PollerConfig, env_secret, load_config
 from poller.core.clock import Clock, system_clock
 from poller.core.errors import AuthError, ConfigError, PollerError
 from poller.core.redact import Redactor
@@ -53,6 +57,8 @@ from .changes import Changes, LocalChanges
 from .exits import EX_CONFIG, EX_FAILURE, EX_OK
 from .logs import install_redactor, log_event
 from .metrics import HealthServer, Metrics, Readiness
+from .query import PATH as QUERY_PATH
+from .query import QueryServer
 from .report import SweepReport
 from .sdnotify import notify, reloading_message, watchdog_interval_s
 from .signals import StopSignals
@@ -107,6 +113,7 @@ class Daemon:
         self._sinks: list[Sink] = []
         self._changes: Changes | None = None  # set by _open_state or _join_shards
         self._fleet_sweeps: FleetSweeps | None = None
+        self._query: QueryServer | None = None
         self._signals = StopSignals(self._on_stop_signal, on_hup=self._on_hup)
 
     # -- signals ---------------------------------------------------------------------------
@@ -156,6 +163,7 @@ class Daemon:
             async with contextlib.AsyncExitStack() as stack:
                 stack.enter_context(self._signals)
                 stack.push_async_callback(self._close_sinks)
+                token = self._query_token()  # before anything starts: a missing one is fatal
                 await self._start_metrics(stack)
                 self._metrics.watch_sinks(lambda: metered_sinks(self._sinks))
                 first_sweep = await self._open_state(stack)
@@ -173,6 +181,7 @@ class Daemon:
                     self._metrics.watch_fleet(self._poller.fleet)
                     self._readiness.fleet = self._poller.fleet
                     await self._join_shards(stack)
+                await self._start_query(stack, token)  # closed before the poller
                 stack.push_async_callback(self._cancel_background)
                 self._start_watchdog()
                 notify("READY=1\nSTATUS=polling")
@@ -272,6 +281,37 @@ class Daemon:
         stack.push_async_callback(health.close)
         url = f"http://{listen.rpartition(':')[0]}:{health.port}/metrics"
         log_event(log, logging.INFO, "metrics listening", url=url)
+
+    def _query_token(self) -> str | None:
+        """The bearer token of the query endpoint, from ``[query] token_env`` (``None``: no
+        listener, or no token asked for); never logged, only scrubbed."""
+        query = self.config.query
+        if not query.listen or not query.token_env:
+            return None
+        try:
+            token = env_secret(query.token_env, key="query.token_env")
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, source=self.config.source, key=exc.key) from None
+        install_redactor(Redactor([token]))
+        return token
+
+    async def _start_query(self, stack: contextlib.AsyncExitStack, token: str | None) -> None:
+        listen = self.config.query.listen
+        if not listen or self._poller is None or self._changes is None:
+            return
+        server = QueryServer(self.config, self._poller, self._changes, self._metrics, token=token)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {listen}: {exc.strerror or exc}",
+                source=self.config.source,
+                key="query.listen",
+            ) from exc
+        stack.push_async_callback(server.close)
+        self._query = server
+        url = f"http://{listen.rpartition(':')[0]}:{server.port}{QUERY_PATH}"
+        log_event(log, logging.INFO, "query listening", url=url, token=token is not None)
 
     def _start_watchdog(self) -> None:
         interval = watchdog_interval_s()
@@ -402,6 +442,13 @@ class Daemon:
             self._fleet_sweeps.reconfigure(new)
         if new.daemon.state_dir != self.config.daemon.state_dir:
             log_event(log, logging.WARNING, "a new [daemon] state_dir applies after a restart")
+        old_query, new_query = self.config.query, new.query
+        if (new_query.listen, new_query.token_env) != (old_query.listen, old_query.token_env):
+            log_event(
+                log, logging.WARNING, "a new [query] listen or token_env applies after a restart"
+            )
+        if self._query is not None:
+            self._query.reconfigure(new)
         self.config, self._plans = new, plans
         self._readiness.max_age_s = _ready_max_age(new)
         log_event(log, logging.INFO, "reloaded", targets=len(new.targets))

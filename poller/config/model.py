@@ -22,6 +22,7 @@ Metadata keys the loader and the renderer read:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -163,6 +164,28 @@ def _redis_url(value: str) -> str | None:
         got = f"; got {mask_url(value)!r}" if sep else " (it has no scheme)"
         return f"must be a redis://host:port/db, rediss://host:port/db or unix:///path URL{got}"
     return None
+
+
+def _env_name(value: str) -> str | None:
+    if not value or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        return None
+    # Not echoed: it may be the secret itself, written where its variable's name belongs.
+    return "must be the name of an environment variable (letters, digits, _), not its value"
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether the host of ``listen`` (``host:port``) is a loopback address: 127.0.0.0/8,
+    ``::1`` or ``localhost``. Host names other than ``localhost`` are not resolved: not."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _api_name(value: str) -> str | None:
@@ -527,9 +550,18 @@ class QueryConfig(_Checked):
     listen: str = field(default="", metadata=HOST_PORT)
     #: The environment variable holding the bearer token callers must send
     #: (``Authorization: Bearer <token>``); empty = no token (loopback only).
-    token_env: str = ""
+    token_env: str = field(default="", metadata={"check": _env_name})
     #: User IDs one request may ask about at most.
     max_uids: int = field(default=100, metadata=_between(1, 10_000))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.listen and not self.token_env and not is_loopback(self.listen):
+            raise ConfigError(
+                f"listening on {self.listen} (not a loopback address) requires a bearer token:"
+                " set token_env to the name of an environment variable holding it",
+                key=_key(self.key_prefix, "token_env"),
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
