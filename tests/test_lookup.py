@@ -4,7 +4,9 @@ UIDs, the cache, the bounded queue, callers that give up, and closing."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
+import weakref
 from pathlib import Path
 
 import pytest
@@ -357,3 +359,39 @@ async def test_the_readme_handler_answers_through_a_lookup(monkeypatch: pytest.M
     assert [a["type"] for a in answers] == ["presence", "presence", "error"]
     assert [a["online"] for a in answers[:2]] == [t["Online"] for t in truth]
     assert answers[2]["code"] == "InvalidUserId"
+
+
+async def test_a_lookup_closed_early_is_not_kept_by_the_poller() -> None:
+    async with make(ScriptedFetcher()) as poller:
+        lookup = poller.lookup(TARGET)
+        await lookup.get("a")
+        await lookup.aclose()
+        gone = weakref.ref(lookup)
+        del lookup
+        gc.collect()
+        assert gone() is None  # e.g. a daemon's reload replacing its lookups
+
+
+class BrokenOnceMeter(InstantRateMeter):
+    """A meter whose first acquire fails (a bug somewhere below the lookup)."""
+
+    async def acquire(self) -> float:
+        if self.granted == 0:
+            self.granted = -1
+            raise RuntimeError("boom")
+        return await super().acquire()
+
+
+async def test_a_failed_dispatcher_answers_what_waits_and_the_next_question_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fetcher = ScriptedFetcher()
+    meter = BrokenOnceMeter()
+    async with make(fetcher, meter) as poller:
+        lookup = poller.lookup(TARGET, linger_ms=0)
+        failed = await lookup.get("a")
+        again = await lookup.get("a")
+    assert failed["type"] == "error" and failed["code"] == "Error"
+    assert failed["message"] == "not sent: internal error (RuntimeError)"
+    assert again["type"] == "presence" and sent(fetcher) == ["a"]
+    assert "lookup dispatcher of app/group failed" in caplog.text

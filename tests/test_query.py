@@ -470,7 +470,7 @@ def _config_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("value", [None, ""])
+@pytest.mark.parametrize("value", [None, "", "short-secret"])
 async def test_the_daemon_refuses_to_start_without_its_token(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -486,6 +486,9 @@ async def test_the_daemon_refuses_to_start_without_its_token(
     assert await Daemon(tmp_path / "poller.toml", cfg).run() == EX_CONFIG
     [error] = _config_errors(caplog)
     assert "POLLER_TEST_QUERY_TOKEN" in error and "query.token_env" in error
+    assert "short-secret" not in caplog.text
+    if value:
+        assert "12 characters long; use at least 16" in error
     assert not any(r.getMessage() == "query listening" for r in caplog.records)
 
 

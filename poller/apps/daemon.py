@@ -35,7 +35,7 @@ import random
 import signal
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from poller.config import PollerConfig, env_secret, load_config
 from poller.core.clock import Clock, system_clock
@@ -69,6 +69,9 @@ if TYPE_CHECKING:  # imports redis: only with [cluster] shard_targets
 __all__ = ["Daemon"]
 
 log = logging.getLogger("poller.daemon")
+
+#: The query endpoint's bearer token is refused when shorter.
+MIN_TOKEN_CHARS: Final = 16
 
 
 def daemon_plans(config: PollerConfig, work: WorkBuilder) -> list[Plan]:
@@ -292,6 +295,13 @@ class Daemon:
             token = env_secret(query.token_env, key="query.token_env")
         except ConfigError as exc:
             raise ConfigError(exc.detail, source=self.config.source, key=exc.key) from None
+        if len(token) < MIN_TOKEN_CHARS:  # short ones are guessable (and escape the redactor)
+            raise ConfigError(
+                f"the token in environment variable {query.token_env} is {len(token)}"
+                f" characters long; use at least {MIN_TOKEN_CHARS} (e.g. openssl rand -hex 16)",
+                source=self.config.source,
+                key="query.token_env",
+            )
         install_redactor(Redactor([token]))
         return token
 

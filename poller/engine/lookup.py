@@ -25,7 +25,6 @@ Records are those of a sweep with ``sweep`` 0 (lookups belong to no sweep), plus
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -135,6 +134,7 @@ class Lookup:
         timeout_s: float,
         max_uid_bytes: int = 128,
         listener: LookupListener | None = None,
+        on_close: Callable[[Lookup], None] | None = None,
     ) -> None:
         if linger_s < 0 or cache_ttl_s < 0 or timeout_s <= 0:
             raise ValueError("linger_ms and cache_ttl_s must be >= 0, timeout_s > 0")
@@ -155,6 +155,7 @@ class Lookup:
         self._clock = clock
         self._max_uid_bytes = max_uid_bytes
         self._listener = listener
+        self._on_close = on_close
         self._waiting: OrderedDict[str, _Question] = OrderedDict()
         self._in_flight: dict[str, _Question] = {}
         self._cache: OrderedDict[str, tuple[PresenceRecord, float]] = OrderedDict()
@@ -340,6 +341,16 @@ class Lookup:
             self._dispatcher = asyncio.create_task(
                 self._dispatch(), name=f"poller-lookup-{self.target}"
             )
+            self._dispatcher.add_done_callback(self._dispatcher_done)
+
+    def _dispatcher_done(self, task: asyncio.Task[None]) -> None:
+        """A dispatcher that failed (a bug) answers what waits and is replaced when needed."""
+        if task.cancelled() or (failure := task.exception()) is None:
+            return
+        log.error("lookup dispatcher of %s failed: %r", self.target, failure, exc_info=failure)
+        if self._dispatcher is task:
+            self._dispatcher = None
+        self._answer_waiting("Error", f"not sent: internal error ({type(failure).__name__})")
 
     async def _dispatch(self) -> None:
         clock, waiting = self._clock, self._waiting
@@ -455,26 +466,25 @@ class Lookup:
         if self._closed:
             return
         self._closed = True
+        if self._on_close is not None:
+            self._on_close(self)
         dispatcher, self._dispatcher = self._dispatcher, None
         if dispatcher is not None:
             dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await dispatcher
-        now = epoch_ms(self._clock)
-        arrived = self._clock.monotonic()
-        for q in self._waiting.values():
-            if not q.future.done():
-                record = error_record(
-                    self.target,
-                    q.uid,
-                    CANCELLED,
-                    "not sent: the lookup was closed",
-                    sweep=0,
-                    polled_at=now,
-                )
-                q.future.set_result((record, arrived))
-        self._waiting.clear()
+            await asyncio.wait((dispatcher,))  # no CancelledError (and traceback) kept here
+        self._answer_waiting(CANCELLED, "not sent: the lookup was closed")
         tasks = list(self._control.tasks)
         self._control.abort()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _answer_waiting(self, code: str, message: str) -> None:
+        """Answer every question not sent yet with an error record."""
+        now = epoch_ms(self._clock)
+        arrived = self._clock.monotonic()
+        questions = list(self._waiting.values())
+        self._waiting.clear()
+        for q in questions:
+            if not q.future.done():
+                record = error_record(self.target, q.uid, code, message, sweep=0, polled_at=now)
+                q.future.set_result((record, arrived))

@@ -186,9 +186,8 @@ class Poller:
         tb: TracebackType | None,
     ) -> None:
         self._state = _State.CLOSED
-        lookups, self._lookups = self._lookups, set()
-        for lookup in lookups:
-            await lookup.aclose()
+        for lookup in list(self._lookups):
+            await lookup.aclose()  # each leaves self._lookups as it closes
         fleet, self._fleet = self._fleet, None
         client, self._client = self._client, None
         try:
@@ -434,6 +433,7 @@ class Poller:
             max_pending=defaults.max_pending if max_pending is None else max_pending,
             max_uid_bytes=self._config.sweep.max_uid_bytes,
             listener=listener,
+            on_close=self._lookups.discard,
         )
         self._lookups.add(lookup)
         return lookup
