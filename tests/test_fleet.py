@@ -26,7 +26,9 @@ import trustme
 
 from poller.config import ClusterConfig, parse_config, render_toml
 from poller.core.errors import ConfigError
+from poller.core.records import Target
 from poller.emulator.process import EmulatorProcess
+from poller.engine.poller import Poller
 from poller.fleet import Fleet, account_of
 from poller.fleet.budget import ClockSync
 from poller.fleet.scripts import RESERVE, Keys
@@ -235,6 +237,28 @@ async def test_two_members_share_the_account_budget(
         await run_members(alone)
         _, throttled, most = window(emu)
         assert most > 100 or throttled > 0  # each paced itself to the whole account
+
+
+async def test_lookups_of_one_member_and_a_sweep_of_another_share_the_window(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """One member sweeps while another answers 600 concurrent lookups: both draw on the
+    fleet's budget, so the account never sees more than 100 requests in a second."""
+    ids = uids(2000)
+    asked = uids(600, start=1401)  # the last 600 of the group, some swept by the other too
+    with emulator_for(2000) as emu:
+        sweeper = Member(tmp_path / "sweeper", emu, ids, cluster(redis_server, "sweeper"))
+        config = emu.poller_config(cluster=cluster(redis_server, "asker"))
+        async with Poller(config) as poller:
+            lookup = poller.lookup(Target("demo-app", "demo-group"))
+            answers, ((records, _),) = await asyncio.gather(
+                asyncio.gather(*(lookup.get(uid) for uid in asked)), run_members([sweeper])
+            )
+        requests, throttled, most = window(emu)
+    assert [a["uid"] for a in answers] == asked
+    assert {a["type"] for a in answers} == {"presence"}
+    assert len(records) == 2000 and {r["type"] for r in records} == {"presence"}
+    assert requests == 100 + 30 and throttled == 0 and most <= 100, (requests, throttled, most)
 
 
 async def test_two_access_keys_of_one_account_share_one_budget(
