@@ -149,9 +149,10 @@ async def test_invalid_uids_are_answered_at_once_and_never_sent() -> None:
     async with make(fetcher) as poller:
         lookup = poller.lookup(TARGET)
         bad = await lookup.get("a,b")
-        many = await lookup.get_many(["", "ok"])
+        many = await lookup.get_many(["ok", ""])
     assert bad["type"] == "error" and bad["code"] == "InvalidUserId"
     assert "','" in bad["message"]
+    assert list(many) == ["ok", ""]  # in the order asked
     assert many[""]["type"] == "error" and many["ok"]["type"] == "presence"
     assert sent(fetcher) == ["ok"]
 

@@ -201,27 +201,25 @@ class Lookup:
     async def get_many(
         self, uids: Iterable[str], *, timeout_s: float | None = None
     ) -> dict[str, Answer]:
-        """Every distinct UID's record, as :meth:`get` would answer it; one timeout for all.
+        """Every distinct UID's record (in the order asked), as :meth:`get` would answer it;
+        one timeout for all.
 
         An overload refuses the whole call (the questions it had asked are withdrawn)."""
         asked = self._clock.monotonic()
-        answers: dict[str, Answer] = {}
+        found: dict[str, Answer | _Question] = {}
         questions: list[_Question] = []
-        seen: set[str] = set()
         try:
             for uid in uids:
-                if uid in seen:
-                    continue
-                seen.add(uid)
-                found = self._ask(uid, asked)
-                if isinstance(found, _Question):
-                    questions.append(found)
-                else:
-                    answers[uid] = found
-            if questions:
-                got = await self._wait(questions, asked, timeout_s)
-                answers.update(zip((q.uid for q in questions), got, strict=True))
-            return answers
+                if uid not in found:
+                    found[uid] = answer = self._ask(uid, asked)
+                    if isinstance(answer, _Question):
+                        questions.append(answer)
+            got = await self._wait(questions, asked, timeout_s) if questions else []
+            waited = dict(zip((q.uid for q in questions), got, strict=True))
+            return {
+                uid: waited[uid] if isinstance(answer, _Question) else answer
+                for uid, answer in found.items()
+            }
         finally:
             for q in questions:
                 self._withdraw(q)
