@@ -273,17 +273,7 @@ class Daemon:
         if not listen:
             return
         health = HealthServer(listen, self._metrics, self._readiness, clock=self._clock)
-        try:
-            await health.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {listen}: {exc.strerror or exc}",
-                source=self.config.source,
-                key="metrics.listen",
-            ) from exc
-        stack.push_async_callback(health.close)
-        url = f"http://{listen.rpartition(':')[0]}:{health.port}/metrics"
-        log_event(log, logging.INFO, "metrics listening", url=url)
+        await self._listen(stack, health, "metrics", "/metrics")
 
     def _query_token(self) -> str | None:
         """The bearer token of the query endpoint, from ``[query] token_env`` (``None``: no
@@ -306,22 +296,34 @@ class Daemon:
         return token
 
     async def _start_query(self, stack: contextlib.AsyncExitStack, token: str | None) -> None:
-        listen = self.config.query.listen
-        if not listen or self._poller is None or self._changes is None:
+        if not self.config.query.listen or self._poller is None or self._changes is None:
             return
         server = QueryServer(self.config, self._poller, self._changes, self._metrics, token=token)
+        await self._listen(stack, server, "query", QUERY_PATH, token=token is not None)
+        self._query = server
+
+    async def _listen(
+        self,
+        stack: contextlib.AsyncExitStack,
+        server: HealthServer | QueryServer,
+        section: str,
+        path: str,
+        **fields: object,
+    ) -> None:
+        """Start ``server`` on ``[section] listen`` (closed with ``stack``); a port that cannot
+        be bound is a config error on that key."""
+        listen: str = getattr(self.config, section).listen
         try:
             await server.start()
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {listen}: {exc.strerror or exc}",
                 source=self.config.source,
-                key="query.listen",
+                key=f"{section}.listen",
             ) from exc
         stack.push_async_callback(server.close)
-        self._query = server
-        url = f"http://{listen.rpartition(':')[0]}:{server.port}{QUERY_PATH}"
-        log_event(log, logging.INFO, "query listening", url=url, token=token is not None)
+        url = f"http://{listen.rpartition(':')[0]}:{server.port}{path}"
+        log_event(log, logging.INFO, f"{section} listening", url=url, **fields)
 
     def _start_watchdog(self) -> None:
         interval = watchdog_interval_s()

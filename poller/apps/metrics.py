@@ -39,6 +39,7 @@ __all__ = [
     "Readiness",
     "ShardsLike",
     "SharedStateLike",
+    "start_site",
 ]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -409,6 +410,19 @@ class Readiness:
         return {"fleet": fleet}
 
 
+async def start_site(runner: web.AppRunner, host: str, port: int) -> int:
+    """Set ``runner`` up and listen on ``host:port``; the port listened on (``port`` 0: the
+    one the system chose). ``OSError`` when the address cannot be bound (``runner`` cleaned
+    up)."""
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return int(runner.addresses[0][1])
+
+
 class HealthServer:
     """aiohttp app on ``listen`` (``host:port``) serving metrics and probes."""
 
@@ -438,16 +452,9 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics_view)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        try:
-            await site.start()
-        except OSError:
-            await self._runner.cleanup()
-            self._runner = None
-            raise
-        self.port = int(self._runner.addresses[0][1])  # the real port when 0 was asked for
+        runner = web.AppRunner(app, access_log=None)
+        self.port = await start_site(runner, self._host, self._port)
+        self._runner = runner
         self._ticker = asyncio.create_task(self._tick(), name="poller-loop-lag")
 
     async def close(self) -> None:

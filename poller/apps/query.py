@@ -58,7 +58,7 @@ from poller.engine.lookup import Lookup, LookupOverloaded
 from poller.engine.poller import Poller
 
 from .changes import KnownStates, StateUnavailable
-from .metrics import Metrics
+from .metrics import Metrics, start_site
 
 __all__ = ["NOT_POLLED", "PATH", "BadRequest", "PresenceQuery", "QueryServer", "parse_query"]
 
@@ -229,21 +229,14 @@ class QueryServer:
 
     async def start(self) -> None:
         """Listen (``OSError`` when the address cannot be bound)."""
-        self._runner = web.AppRunner(
+        runner = web.AppRunner(
             self.make_app(),
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             max_line_size=self._max_line,
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        try:
-            await site.start()
-        except OSError:
-            await self._runner.cleanup()
-            self._runner = None
-            raise
-        self.port = int(self._runner.addresses[0][1])  # the real port when 0 was asked for
+        self.port = await start_site(runner, self._host, self._port)
+        self._runner = runner
 
     @property
     def url(self) -> str:
