@@ -71,12 +71,13 @@ def test_a_uid_failing_since_the_first_sweep_is_learned_silently() -> None:
 def test_a_uid_added_later_is_announced_once_even_after_failures() -> None:
     tracker = ChangeTracker()
     sweep(tracker, 1, [ok("a", True, 1)])
+    # a UID that joins a known target starts at its first answer's polled_at (here the sweep)
     [c] = sweep(tracker, 2, [ok("a", True, 2), ok("new", False, 2)])
-    assert (c["uid"], c["online"], c["previous_online"], c["version"]) == ("new", False, None, 1)
+    assert (c["uid"], c["online"], c["previous_online"], c["version"]) == ("new", False, None, 2)
     assert sweep(tracker, 3, [ok("a", True, 3), err("late", 3)]) == []
     assert sweep(tracker, 4, [ok("a", True, 4), err("late", 4)]) == []
     [c] = sweep(tracker, 5, [ok("a", True, 5), ok("late", True, 5)])
-    assert (c["uid"], c["previous_online"], c["version"]) == ("late", None, 1)
+    assert (c["uid"], c["previous_online"], c["version"]) == ("late", None, 5)
     assert sweep(tracker, 6, [ok("a", True, 6), ok("late", True, 6)]) == []
 
 
@@ -102,7 +103,25 @@ def test_absent_uids_and_targets_are_forgotten_errors_count_as_present() -> None
     assert tracker.known(other.key) == {}
     # b comes back: it is a new UID of a known target now
     [c] = sweep(tracker, 3, [ok("a", True, 3), ok("b", True, 3)])
-    assert (c["uid"], c["previous_online"], c["version"]) == ("b", None, 1)
+    assert (c["uid"], c["previous_online"], c["version"]) == ("b", None, 3)
+
+
+def test_a_uid_listed_again_after_it_was_forgotten_never_repeats_a_version() -> None:
+    """Sinks de-duplicate changes on (target, uid, version): a UID dropped from the list and
+    listed again must not reuse its earlier versions (it used to start over at 1)."""
+    tracker = ChangeTracker()
+    versions: list[int] = []
+    online = True
+    for n in range(1, 40):
+        listed = n % 10 not in (4, 5)  # absent from sweeps 4-5, 14-15, ...: forgotten each time
+        if not listed:
+            sweep(tracker, n, [ok("a", True, n)])
+            continue
+        online = not online if n % 3 else online
+        out = sweep(tracker, n, [ok("a", True, n), ok("u", online, n)])
+        versions += [c["version"] for c in out]
+    assert len(versions) > 20 and len(set(versions)) == len(versions)
+    assert versions == sorted(versions)  # and they only grow
 
 
 def test_deltas_hold_only_what_changed() -> None:
@@ -131,7 +150,7 @@ def test_restore_continues_versions_and_reports_what_changed_meanwhile() -> None
     tracker.restore({KEY: {"a": (True, 0, 4, False), "u": (None, None, 0, True)}}, 7)
     out = sweep(tracker, 8, [ok("a", False, 8), ok("u", True, 8), ok("n", True, 8)])
     got = {(c["uid"], c["previous_online"], c["version"]) for c in out}
-    assert got == {("a", True, 5), ("u", None, 1), ("n", None, 1)}
+    assert got == {("a", True, 5), ("u", None, 8), ("n", None, 8)}
     assert not tracker.take_delta(8).full
 
 

@@ -364,10 +364,11 @@ async def test_a_uid_added_later_is_announced_and_errors_change_nothing(
         [presence("new", True, 2, 2000), error("old", 2, 2000), presence("failing", True, 2, 2000)],
         presence=False,
     )
-    # "new" joined the list after the target's first sweep: announced from null, version 1;
+    # "new" joined the list after the target's first sweep: announced from null, its version
+    # its answer's polled_at (as the local tracker does: never an earlier membership's);
     # "failing" was listed from the start (its polls failed): learned silently, like "old".
     assert [(r["uid"], r["previous_online"], r["version"]) for r in changes(out)] == [  # type: ignore[typeddict-item]
-        ("new", None, 1)
+        ("new", None, 2000)
     ]
     assert [r["type"] for r in out].count("error") == 1  # the error record is written
     assert changes(await a.process([presence("old", True, 3, 3000)], presence=False)) == []

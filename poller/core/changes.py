@@ -9,7 +9,10 @@ Semantics, per target (API, app, group) and UID:
 * a target's first sweep learns states silently (version 0, no record). A UID that was in the
   list from the target's first sweep but whose polls all failed so far is learned silently on
   its first success too; a UID added to a known target later gets a change record with
-  ``previous_online: None`` (version 1), unless ``emit = "all"`` already writes its presence;
+  ``previous_online: None``, unless ``emit = "all"`` already writes its presence. Its version
+  starts at the ``polled_at`` of that first answer (epoch ms), not at 1: the tracker does not
+  remember forgotten UIDs, and a UID listed again after it was forgotten must not repeat the
+  versions of its earlier membership (sinks de-duplicate on them);
 * each transition increments the UID's ``version`` (see :mod:`poller.core.records`);
 * UIDs absent from a sweep's input are forgotten after it (an error record counts as present),
   and so are targets absent from it, so a shrinking list does not leak memory.
@@ -39,7 +42,7 @@ from .records import (
     target_key,
 )
 
-__all__ = ["ChangeTracker", "LastKnown", "StateDelta", "UidState"]
+__all__ = ["ChangeTracker", "LastKnown", "StateDelta", "UidState", "joined_version"]
 
 UidState: TypeAlias = tuple[bool | None, int | None, int, bool]
 """What is remembered (and persisted) of a UID: ``(online, join_time, version, announce)``;
@@ -63,6 +66,15 @@ class LastKnown(NamedTuple):
     polled_at: int | None
     #: The sweep of that poll, when known.
     sweep: int | None
+
+
+def joined_version(polled_at: int) -> int:
+    """The version of a UID's first state in a known target: the epoch ms of that answer.
+
+    Larger than any version the UID had before it was forgotten (an earlier membership began
+    at 0 or at an earlier answer's ms, and gained one per transition, at most one per sweep),
+    so a change's ``(target, uid, version)`` never repeats."""
+    return max(1, polled_at)
 
 
 @dataclass(slots=True)
@@ -136,10 +148,10 @@ class ChangeTracker:
         polled_at = rec["polled_at"]
         if prev is None or prev[0] is None:  # the first known state of this UID
             new = self._first_sweep[key] != sweep if prev is None else prev[3]
-            version = 1 if new and not emit_all else 0
+            version = joined_version(polled_at) if new else 0
             entry = (online, join_time, version, False, sweep, polled_at, sweep)
             self._set(key, states, uid, entry)
-            if version:
+            if new and not emit_all:
                 self.changes += 1
                 out.append(change_record(rec, None, version))
             return

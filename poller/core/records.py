@@ -9,12 +9,14 @@ so state, sinks and the fleet can key on the full identity whatever backend answ
 
 A ``change`` record carries ``version``: a per-(target, UID) transition counter, the
 idempotency key of a change (sinks and the fleet de-duplicate on target, ``uid`` and
-``version``). The first state learned for a UID is version 0 and emits no record; each
-transition (a flip, a re-join, or the first state of a UID added to a known target) increments
-it by one, so every change record has ``version >= 1``. The daemon persists it, so it keeps
-growing across restarts; a re-emitted change (a crash after the sinks were written but before
-the state was saved) repeats its version. A UID forgotten (absent from a sweep's input) and
-added again later starts over at 1.
+``version``). The states learned in a target's first sweep are version 0 and emit no record;
+each transition (a flip, a re-join) increments the version by one. A UID that joins a known
+target later (including one forgotten, absent from a sweep's input, and listed again) starts at
+the epoch milliseconds of its first answer (its change record from ``previous_online: null``
+carries that version), so its versions never repeat those of an earlier membership. Every
+change record has ``version >= 1``. The daemon persists versions, so they keep growing across
+restarts; a re-emitted change (a crash after the sinks were written but before the state was
+saved) repeats its version.
 """
 
 from __future__ import annotations

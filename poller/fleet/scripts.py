@@ -330,11 +330,12 @@ return out
 #: A state is JSON: {"online": true|false|null, "join_time": int|null, "version": n, "sweep":
 #: last sweep polled, "polled_at": ms[, "announce": bool]}. ``version`` counts transitions.
 #: The first sweep of a target (born missing: a new target, or a Redis that lost its data)
-#: learns every state silently; a UID first seen later is announced (a change from null,
-#: version 1); an error never changes a known state; a result older than the state's
-#: ``polled_at`` (a slower member during a handover) is ignored. Each transition is XADDed with
-#: fields target, uid, online ("1"/"0"), version, member and record (the change record's JSON,
-#: byte for byte what the member's sinks get).
+#: learns every state silently; a UID first seen later is announced (a change from null, its
+#: version the answer's polled_at, as :func:`poller.core.changes.joined_version` says: never a
+#: version of an earlier membership the leader forgot); an error never changes a known state;
+#: a result older than the state's ``polled_at`` (a slower member during a handover) is ignored.
+#: Each transition is XADDed with fields target, uid, online ("1"/"0"), version, member and
+#: record (the change record's JSON, byte for byte what the member's sinks get).
 #:
 #: Returns one {index (1-based, among the UIDs), previous ("1", "0" or "null"), version,
 #: stream id} per transition.
@@ -385,7 +386,7 @@ for i = 7, #ARGV, 5 do
     local previous = nil
     if not prev or prev.online == cjson.null then
       if (prev and prev.announce) or (not prev and not first) then
-        version, previous = 1, 'null'
+        version, previous = math.max(1, tonumber(polled_at)), 'null'
       end
     elseif (prev.online and 'true' or 'false') ~= online or number(prev.join_time) ~= join_time then
       version, previous = prev.version + 1, prev.online and 'true' or 'false'
