@@ -358,7 +358,7 @@ async def test_concurrent_fresh_requests_are_coalesced_into_few_api_requests(
         status, from_state, _ = await served.get(q(*list(truth)[:3]))
         assert emulator.stats()["total"]["requests_total"] == sent
         assert served.counted(200) == 41
-        assert served.questions("sent") == 40
+        assert served.questions("new") == 40
     assert 2 <= sent <= 3  # 40 questions, 20 per request: two full batches (a third at worst)
     for (status, body, _), uid in zip(answers, truth, strict=True):
         assert status == 200 and body["fresh"] is True
@@ -386,7 +386,7 @@ async def test_an_overloaded_lookup_is_a_503_with_retry_after(tmp_path: Path) ->
     async with serving(config(lookups=lookups), local_changes(tmp_path)) as served:
         waiting = asyncio.ensure_future(served.get(q("u1", fresh="1")))
         try:
-            await until(lambda: served.questions("sent") == 1, "the first question to wait")
+            await until(lambda: served.questions("new") == 1, "the first question to wait")
             status, body, headers = await served.get(q("u2", fresh="1"))
             assert served.questions("overloaded") == 1
         finally:

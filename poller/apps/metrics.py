@@ -232,7 +232,7 @@ class Metrics:
         self.lookup_questions = Counter(
             "poller_lookup_questions",
             "Questions asked of lookups, by API action and where the answer came from: cache, "
-            "shared (a question already waiting or in flight), sent, invalid, overloaded.",
+            "shared (a question already waiting or in flight), new, invalid, overloaded.",
             ["action", "source"],
             registry=r,
         )

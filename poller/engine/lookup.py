@@ -62,7 +62,7 @@ Answer: TypeAlias = PresenceRecord | ErrorRecord
 """What a question gets: the UID's presence record, or an error record."""
 
 #: Where a question's answer came from (``poller_lookup_questions_total{source}``).
-SOURCES = ("cache", "shared", "sent", "invalid", "overloaded")
+SOURCES = ("cache", "shared", "new", "invalid", "overloaded")
 
 
 class LookupOverloaded(PollerError):
@@ -265,7 +265,7 @@ class Lookup:
                 asyncio.get_running_loop().create_future()
             )
             question = self._waiting[uid] = _Question(uid, future, now)
-            self._event("sent")
+            self._event("new")
             self._start()
             if len(self._waiting) >= self.batch_size and self._lingering is not None:
                 self._lingering.cancel()  # a full batch waits for no more company
