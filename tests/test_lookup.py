@@ -15,10 +15,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller.config import ApiConfig, LookupsConfig, PollerConfig
+from poller.config import ApiConfig, LimitsConfig, LookupsConfig, PollerConfig
 from poller.core.errors import AuthError, PollerError
 from poller.core.records import Batch, Target
 from poller.emulator import EmulatorConfig, EmulatorServer, GroupSpec
+from poller.emulator.faults import Latency
 from poller.engine.lookup import Answer, Lookup, LookupOverloaded
 from poller.engine.poller import Poller
 from tests.conftest import FakeClock, GateMeter, InstantRateMeter, ScriptedFetcher, settle
@@ -396,3 +397,26 @@ async def test_a_failed_dispatcher_answers_what_waits_and_the_next_question_work
     assert failed["message"] == "not sent: internal error (RuntimeError)"
     assert again["type"] == "presence" and sent(fetcher) == ["a"]
     assert "lookup dispatcher of app/group failed" in caplog.text
+
+
+async def test_a_reload_that_replaces_the_client_lets_lookups_in_flight_finish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "demo-key")
+    monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "demo-secret")
+    groups = (GroupSpec("my-app", "my-group", 50),)
+    async with EmulatorServer(EmulatorConfig(port=0, groups=groups, latency=Latency(200))) as emu:
+        config = PollerConfig(api=ApiConfig(endpoint=emu.endpoint, protocol="http"))
+        async with Poller(config) as poller:
+            lookup = poller.lookup(Target("my-app", "my-group"), linger_ms=0)
+            asked = asyncio.create_task(lookup.get("user-000001"))
+            for _ in range(500):  # until the request is on the wire (bounded: 5 s)
+                if lookup.in_flight:
+                    break
+                await asyncio.sleep(0.01)
+            assert lookup.in_flight == 1
+            wider = LimitsConfig(max_in_flight=config.limits.max_in_flight + 1)
+            await poller.reconfigure(config.with_changes(limits=wider))  # a new client
+            record = await asyncio.wait_for(asked, 10)
+            assert record["type"] == "presence"  # not an error from the closed client
+            assert (await lookup.get("user-000002"))["type"] == "presence"  # the new client

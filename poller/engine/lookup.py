@@ -459,6 +459,12 @@ class Lookup:
     ) -> None:
         await self.aclose()
 
+    async def settled(self) -> None:
+        """Wait until the batches in flight now are answered (new ones may start meanwhile)."""
+        tasks = list(self._control.tasks)
+        if tasks:
+            await asyncio.wait(tasks)
+
     async def aclose(self) -> None:
         """Stop: questions not sent yet and batches in flight are answered ``Cancelled``."""
         if self._closed:

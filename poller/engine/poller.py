@@ -186,16 +186,18 @@ class Poller:
         tb: TracebackType | None,
     ) -> None:
         self._state = _State.CLOSED
-        for lookup in list(self._lookups):
-            await lookup.aclose()  # each leaves self._lookups as it closes
-        fleet, self._fleet = self._fleet, None
-        client, self._client = self._client, None
         try:
-            if fleet is not None:
-                await fleet.aclose()
+            for lookup in list(self._lookups):
+                await lookup.aclose()  # each leaves self._lookups as it closes
         finally:
-            if client is not None:
-                await client.aclose()
+            fleet, self._fleet = self._fleet, None
+            client, self._client = self._client, None
+            try:
+                if fleet is not None:
+                    await fleet.aclose()
+            finally:
+                if client is not None:
+                    await client.aclose()
 
     async def _open_client(self, config: PollerConfig, creds: SigningCredentials) -> LiveClient:
         client = LiveClient(
@@ -207,7 +209,7 @@ class Poller:
         """Apply a new config between sweeps; on an error the running config stays in force.
 
         A changed API section, credentials or in-flight limit opens a new client (then closes
-        the old one); changed limits re-rate the meters without forgetting what they granted
+        the old one, once the lookup batches in flight on it are answered); changed limits re-rate the meters without forgetting what they granted
         (so no burst crosses the change); changed retry settings start a new budget.
         """
         self._require_open()
@@ -224,6 +226,9 @@ class Poller:
             client = await self._open_client(config, creds)  # raises before anything changed
             previous, self._client = self._client, client
             if previous is not None:
+                # Lookup batches in flight (and their retries) finish on the old client.
+                for lookup in list(self._lookups):
+                    await lookup.settled()
                 await previous.aclose()
         limits = config.limits
         if limits != old.limits:
