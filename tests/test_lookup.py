@@ -420,3 +420,46 @@ async def test_a_reload_that_replaces_the_client_lets_lookups_in_flight_finish(
             record = await asyncio.wait_for(asked, 10)
             assert record["type"] == "presence"  # not an error from the closed client
             assert (await lookup.get("user-000002"))["type"] == "presence"  # the new client
+
+
+class Recorder:
+    """A LookupListener that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.questions: list[str] = []
+        self.batches: list[int] = []
+        self.answers: list[float] = []
+
+    def on_question(self, source: str) -> None:
+        self.questions.append(source)
+
+    def on_batch(self, uids: int) -> None:
+        self.batches.append(uids)
+
+    def on_answer(self, wait_s: float) -> None:
+        self.answers.append(wait_s)
+
+
+async def test_the_listener_hears_each_question_batch_and_call() -> None:
+    recorder = Recorder()
+    gate = GateMeter()
+    async with make(ScriptedFetcher(), gate, max_pending=2) as poller:
+        lookup = poller.lookup(TARGET, cache_ttl_s=60, linger_ms=0, listener=recorder)
+        gate.open(1)
+        await lookup.get_many(["a", "b"])  # one batch, one call
+        shared = asyncio.create_task(lookup.get_many(["a", "c", "d", "bad,uid"]))
+        await settle()
+        twin = asyncio.create_task(lookup.get("c"))
+        await settle()
+        with pytest.raises(LookupOverloaded):
+            await lookup.get("e")
+        gate.open(1)
+        await asyncio.gather(shared, twin)
+    assert recorder.questions == [
+        *("new", "new"),
+        *("cache", "new", "new", "invalid"),
+        "shared",
+        "overloaded",
+    ]
+    assert recorder.batches == [2, 2]
+    assert len(recorder.answers) == 3  # one per call that was answered, not per UID

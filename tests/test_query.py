@@ -383,7 +383,8 @@ async def test_fresh_answers_give_invalid_ids_their_error_record(tmp_path: Path)
 async def test_an_overloaded_lookup_is_a_503_with_retry_after(tmp_path: Path) -> None:
     # Questions linger for a minute: the first one waits, the second finds the queue full.
     lookups = LookupsConfig(linger_ms=60_000.0, max_pending=1, timeout_s=60.0)
-    async with serving(config(lookups=lookups), local_changes(tmp_path)) as served:
+    query = QueryConfig(listen="127.0.0.1:0", max_uids=1)
+    async with serving(config(query=query, lookups=lookups), local_changes(tmp_path)) as served:
         waiting = asyncio.ensure_future(served.get(q("u1", fresh="1")))
         try:
             await until(lambda: served.questions("new") == 1, "the first question to wait")
@@ -417,10 +418,41 @@ async def test_a_reload_replaces_the_lookup_and_drops_removed_targets(tmp_path: 
         assert status == 200
         assert served.server._handles[TARGET.key].lookup is not lookup
         assert served.server._handles[TARGET.key].lookup.cache_ttl_s == 30.0
+        kept = served.server._handles[TARGET.key].lookup
+        served.server.reconfigure(
+            cfg.with_changes(lookups=LookupsConfig(cache_ttl_s=30.0, min_share=0.5))
+        )
+        assert served.server._handles[TARGET.key].lookup is kept  # min_share is the poller's
         served.server.reconfigure(cfg.with_changes(targets=cfg.targets[1:]))
         status, _, _ = await served.get(q("u1", fresh="1"))
         assert status == 404
         assert served.server._handles == {}
+
+
+async def test_a_reload_cannot_raise_max_uids_past_the_request_line_set_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(query=QueryConfig(listen="127.0.0.1:0", max_uids=2))
+    async with serving(cfg, local_changes(tmp_path)) as served:
+        served.server.reconfigure(cfg.with_changes(query=QueryConfig(listen="127.0.0.1:0")))
+        longest = [f"{i:0128d}" for i in range(3)]
+        status, body, _ = await served.get(q(*longest))
+        assert status == 400 and body["parameter"] == "uid"  # a JSON 400 naming the limit
+        assert "at most 2 per request" in body["error"]
+    assert "a larger [query] max_uids applies after a restart" in caplog.text
+
+
+async def test_a_token_read_with_a_trailing_newline_still_matches(tmp_path: Path) -> None:
+    async with serving(config(), local_changes(tmp_path), token=TOKEN + "\n") as served:
+        status, _, _ = await served.get(q("u1"), token=TOKEN)
+    assert status == 200
+
+
+def test_max_uids_may_not_exceed_max_pending() -> None:
+    query, lookups = QueryConfig(listen="127.0.0.1:0", max_uids=50), LookupsConfig(max_pending=20)
+    with pytest.raises(ConfigError, match=r"exceeds \[lookups\] max_pending") as caught:
+        config(query=query, lookups=lookups)
+    assert caught.value.key == "query.max_uids"
 
 
 # -- configuration ---------------------------------------------------------------------------

@@ -282,7 +282,7 @@ class Daemon:
         if not query.listen or not query.token_env:
             return None
         try:
-            token = env_secret(query.token_env, key="query.token_env")
+            token = env_secret(query.token_env, key="query.token_env").strip()
         except ConfigError as exc:
             raise ConfigError(exc.detail, source=self.config.source, key=exc.key) from None
         if len(token) < MIN_TOKEN_CHARS:  # short ones are guessable (and escape the redactor)

@@ -245,7 +245,7 @@ class Metrics:
         )
         self.lookup_wait = Histogram(
             "poller_lookup_wait_seconds",
-            "How long a lookup caller waited for its answer (cache hits included), by action.",
+            "How long a lookup call (get or get_many) waited for its answers, by action.",
             ["action"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

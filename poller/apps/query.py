@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -58,9 +60,12 @@ from poller.engine.lookup import Lookup, LookupOverloaded
 from poller.engine.poller import Poller
 
 from .changes import KnownStates, StateUnavailable
+from .logs import log_event
 from .metrics import Metrics, start_site
 
 __all__ = ["NOT_POLLED", "PATH", "BadRequest", "PresenceQuery", "QueryServer", "parse_query"]
+
+log = logging.getLogger("poller.query")
 
 #: Where the endpoint answers.
 PATH: Final = "/v1/presence"
@@ -70,9 +75,16 @@ NOT_POLLED: Final = "NotPolled"
 PARAMETERS: Final = ("app_id", "group_id", "uid", "api", "fresh")
 _SINGLE: Final = ("app_id", "group_id", "api", "fresh")
 _FRESH: Final = {"0": False, "false": False, "1": True, "true": True}
+#: The request line's room beyond its UIDs (aiohttp's default limit).
+_LINE_SLACK: Final = 8190
 #: How long closing waits for requests still being answered (s).
 SHUTDOWN_TIMEOUT_S: Final = 2.0
 _JSON: Final = "application/json"
+
+
+def _lookup_settings(config: LookupsConfig) -> LookupsConfig:
+    """What a lookup handle is made with (``min_share`` is the poller's, applied live)."""
+    return dataclasses.replace(config, min_share=0.0)
 
 
 class BadRequest(Exception):
@@ -199,7 +211,8 @@ class QueryServer:
         self._states = states
         self._metrics = metrics
         self._clock = clock or poller.clock
-        self._token = None if not token else token.encode("utf-8", "surrogatepass")
+        token = (token or "").strip()  # a variable read from a file may end with a newline
+        self._token = token.encode("utf-8", "surrogatepass") if token else None
         self._handles: dict[TargetKey, _Handle] = {}
         self._retired: set[_Handle] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -207,7 +220,7 @@ class QueryServer:
         self._closing = False
         self._apply(config)
         # The request line holds every UID, percent-encoded at worst.
-        self._max_line = 8190 + self._max_uids * (len("&uid=") + 3 * self._max_uid_bytes)
+        self._max_line = _LINE_SLACK + self._max_uids * (len("&uid=") + 3 * self._max_uid_bytes)
         self.port = self._port
 
     def __repr__(self) -> str:
@@ -262,9 +275,19 @@ class QueryServer:
         """A reload: its targets, ``max_uids`` and ``[lookups]`` apply to the next requests (a
         lookup whose settings or target changed is replaced once its requests are answered);
         ``listen`` and ``token_env`` apply after a restart."""
-        old = self._lookups_config, self._max_uid_bytes
+        old = _lookup_settings(self._lookups_config), self._max_uid_bytes
         self._apply(config)
-        changed = old != (self._lookups_config, self._max_uid_bytes)
+        # The request line's size limit was set at start: more UIDs may not fit until a restart.
+        fits = (self._max_line - _LINE_SLACK) // (len("&uid=") + 3 * self._max_uid_bytes)
+        if self._max_uids > fits:
+            log_event(
+                log,
+                logging.WARNING,
+                "a larger [query] max_uids applies after a restart",
+                max_uids=fits,
+            )
+            self._max_uids = fits
+        changed = old != (_lookup_settings(self._lookups_config), self._max_uid_bytes)
         for key, handle in list(self._handles.items()):
             target = self._targets.get(key)
             if changed or target is None or target.data_center != handle.target.data_center:

@@ -748,6 +748,12 @@ class PollerConfig(_Checked):
     def __post_init__(self) -> None:
         check_fields(self)
         self.credentials.check_together()
+        if self.query.listen and self.query.max_uids > self.lookups.max_pending:
+            raise ConfigError(
+                f"{self.query.max_uids} exceeds [lookups] max_pending ({self.lookups.max_pending}):"
+                " a fresh query that large would always be refused as an overload",
+                key="query.max_uids",
+            )
         seen: set[tuple[str, str, str | None]] = set()
         for i, target in enumerate(self.targets):
             key = target.target.key

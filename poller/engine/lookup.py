@@ -82,7 +82,8 @@ class LookupListener(Protocol):
         """A batch of ``uids`` user IDs got its rate slot and is sent."""
 
     def on_answer(self, wait_s: float) -> None:
-        """A caller got its answer after ``wait_s`` seconds (cache hits included)."""
+        """A call (``get`` or ``get_many``) got its answers after ``wait_s`` seconds (answers
+        from the cache or at once included)."""
 
 
 @dataclass(slots=True)
@@ -192,11 +193,14 @@ class Lookup:
         asked = self._clock.monotonic()
         found = self._ask(uid, asked)
         if not isinstance(found, _Question):
+            self._answered(asked)
             return found
         try:
-            return (await self._wait([found], asked, timeout_s))[0]
+            answer = (await self._wait([found], asked, timeout_s))[0]
         finally:
             self._withdraw(found)
+        self._answered(asked)
+        return answer
 
     async def get_many(
         self, uids: Iterable[str], *, timeout_s: float | None = None
@@ -215,14 +219,15 @@ class Lookup:
                     if isinstance(answer, _Question):
                         questions.append(answer)
             got = await self._wait(questions, asked, timeout_s) if questions else []
-            waited = dict(zip((q.uid for q in questions), got, strict=True))
-            return {
-                uid: waited[uid] if isinstance(answer, _Question) else answer
-                for uid, answer in found.items()
-            }
         finally:
             for q in questions:
                 self._withdraw(q)
+        self._answered(asked)
+        waited = dict(zip((q.uid for q in questions), got, strict=True))
+        return {
+            uid: waited[uid] if isinstance(answer, _Question) else answer
+            for uid, answer in found.items()
+        }
 
     def _ask(self, uid: str, now: float) -> Answer | _Question:
         """An immediate answer, or the question to wait on (with this caller counted)."""
@@ -246,8 +251,6 @@ class Lookup:
         if cached is not None:
             stats.cache_hits += 1
             self._event("cache")
-            if self._listener is not None:
-                self._listener.on_answer(0.0)
             return cached
         question = self._waiting.get(uid) or self._in_flight.get(uid)
         if question is not None:
@@ -289,9 +292,12 @@ class Lookup:
             raise TimeoutError(
                 f"no answer for {what!s} of {self.target} within {timeout} s"
             ) from None
+        return answers
+
+    def _answered(self, asked: float) -> None:
+        """A call (``get`` or ``get_many``) got its answers: how long it waited."""
         if self._listener is not None:
             self._listener.on_answer(self._clock.monotonic() - asked)
-        return answers
 
     def _withdraw(self, question: _Question) -> None:
         """One caller no longer waits; a question nobody waits for is not sent."""

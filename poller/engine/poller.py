@@ -209,9 +209,10 @@ class Poller:
         """Apply a new config between sweeps; on an error the running config stays in force.
 
         A changed API section, credentials or in-flight limit opens a new client (then closes
-        the old one, once the lookup batches in flight on it are answered); changed limits re-rate the meters without forgetting what they granted
-        (so no burst crosses the change); changed retry settings start a new budget.
-        """
+        the old one, once the lookup batches in flight on it are answered); changed limits
+        re-rate the meters without forgetting what they granted (so no burst crosses the
+        change); changed retry settings start a new budget; ``[lookups] min_share`` applies at
+        once."""
         self._require_open()
         if self.current is not None and self.current.finished_at is None:
             raise RuntimeError("reconfigure() between sweeps only")
