@@ -162,3 +162,23 @@ def test_invalid_ids_are_written_but_never_kept_as_state() -> None:
     assert bad in out
     tracker.end_sweep(1, {KEY})
     assert list(tracker.take_delta(1).upserts.get(KEY, {})) == ["u1"]
+
+
+def test_a_target_listed_again_or_added_after_a_restart_never_repeats_a_version() -> None:
+    tracker = ChangeTracker()
+    sweep(tracker, 1, [ok("u", True, 1)])
+    [first] = sweep(tracker, 2, [ok("u", False, 2)])
+    tracker.end_sweep(3, set())  # the target is dropped from the config: forgotten
+    assert sweep(tracker, 4, [ok("u", False, 4)]) == []  # back: learned silently...
+    [again] = sweep(tracker, 5, [ok("u", True, 5)])
+    assert (first["version"], again["version"]) == (1, 5)  # ...at a fresh base, not 0
+    restarted = ChangeTracker()
+    restarted.restore({}, 5)  # saved after sweep 5; this target is not in it
+    assert sweep(restarted, 6, [ok("u", True, 6)]) == []
+    [later] = sweep(restarted, 7, [ok("u", False, 7)])
+    assert later["version"] == 7
+    fresh = ChangeTracker()
+    fresh.restore({}, 0)  # nothing ever saved: a new daemon starts at 0
+    sweep(fresh, 1, [ok("u", True, 1)])
+    [flip] = sweep(fresh, 2, [ok("u", False, 2)])
+    assert flip["version"] == 1

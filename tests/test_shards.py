@@ -524,3 +524,22 @@ async def test_forgetting_reads_a_large_target_page_by_page(states: list[SharedS
     calls = a.fleet.round_trips
     assert await a.forget_stale([KEY], later) == 1200
     assert a.fleet.round_trips - calls >= 4 and a.fleet.mode == "shared"
+
+
+async def test_a_target_polled_again_after_its_state_expired_never_repeats_a_version(
+    states: list[SharedState],
+) -> None:
+    a, _ = states
+    await a.process([presence("u", False, 1, 1000)], presence=False)  # the fleet's first sweep
+    await a.process([presence("u", True, 2, 2000)], presence=False)  # version 1
+    label = target_label(KEY)
+    client = aioredis.Redis.from_url(a.fleet.cluster.redis_url, decode_responses=True)
+    try:  # a day without polls: the target's state and birth expire
+        await client.delete(a.keys.state(label), a.keys.born(label))
+    finally:
+        await client.aclose()
+    reborn = await a.process([presence("u", False, 50, 50_000)], presence=False)
+    assert changes(reborn) == []  # learned silently, as any target's first sweep
+    await a.process([presence("u", True, 51, 51_000)], presence=False)
+    versions = [int(e["version"]) for e in await stream(a) if e["uid"] == "u"]
+    assert versions == [1, 50_001]  # the second life starts at its first answer's polled_at

@@ -6,7 +6,8 @@ Semantics, per target (API, app, group) and UID:
 * a ``change`` record is emitted when the state differs from the last *known* one: ``online``
   flips or ``join_time`` changes (a re-join). Error records never change the known state (a
   failed poll says nothing about presence); they only mark the UID as still present;
-* a target's first sweep learns states silently (version 0, no record). A UID that was in the
+* a target's first sweep learns states silently (no record; version 0 in the tracker's first
+  sweep, else a fresh base as below, since a target can come back too). A UID that was in the
   list from the target's first sweep but whose polls all failed so far is learned silently on
   its first success too; a UID added to a known target later gets a change record with
   ``previous_online: None``, unless ``emit = "all"`` already writes its presence. Its version
@@ -103,6 +104,9 @@ class ChangeTracker:
         self.presence = emit == "all" if presence is None else presence
         self._state: dict[TargetKey, dict[str, _Entry]] = {}
         self._first_sweep: dict[TargetKey, int] = {}
+        # The tracker's first sweep (or the one its saved state was taken after): a target
+        # first seen later learns at a fresh version base (see joined_version).
+        self._origin: int | None = None
         self._dirty: dict[TargetKey, set[str]] = {}
         self._deleted: dict[TargetKey, set[str]] = {}
         self._dropped: set[TargetKey] = set()
@@ -129,6 +133,8 @@ class ChangeTracker:
         if states is None:
             states = self._state[key] = {}
             self._first_sweep[key] = rec["sweep"]
+            if self._origin is None:
+                self._origin = rec["sweep"]
         return key, states
 
     def _set(self, key: TargetKey, states: dict[str, _Entry], uid: str, entry: _Entry) -> None:
@@ -148,7 +154,10 @@ class ChangeTracker:
         polled_at = rec["polled_at"]
         if prev is None or prev[0] is None:  # the first known state of this UID
             new = self._first_sweep[key] != sweep if prev is None else prev[3]
-            version = joined_version(polled_at) if new else 0
+            # Silent in a target's first sweep; version 0 only for the tracker's first targets:
+            # a target added later (or forgotten and listed again) may have had versions.
+            late = new or self._first_sweep[key] != self._origin
+            version = joined_version(polled_at) if late else 0
             entry = (online, join_time, version, False, sweep, polled_at, sweep)
             self._set(key, states, uid, entry)
             if new and not emit_all:
@@ -230,6 +239,7 @@ class ChangeTracker:
             for key, states in targets.items()
         }
         self._first_sweep = dict.fromkeys(self._state, sweep)
+        self._origin = sweep if sweep > 0 else None  # sweep 0: nothing was ever saved
         self._dirty, self._deleted, self._dropped = {}, {}, set()
         self._full = False
 

@@ -9,11 +9,12 @@ so state, sinks and the fleet can key on the full identity whatever backend answ
 
 A ``change`` record carries ``version``: a per-(target, UID) transition counter, the
 idempotency key of a change (sinks and the fleet de-duplicate on target, ``uid`` and
-``version``). The states learned in a target's first sweep are version 0 and emit no record;
-each transition (a flip, a re-join) increments the version by one. A UID that joins a known
-target later (including one forgotten, absent from a sweep's input, and listed again) starts at
-the epoch milliseconds of its first answer (its change record from ``previous_online: null``
-carries that version), so its versions never repeat those of an earlier membership. Every
+``version``). The states learned in the daemon's (or fleet's) first sweep are version 0 and
+emit no record; each transition (a flip, a re-join) increments the version by one. A UID that
+joins a known target later, or any UID of a target added later (either may have been
+forgotten, absent from a sweep's input, and listed again), starts at the epoch milliseconds of
+its first answer (a change record from ``previous_online: null`` carries it when the UID is
+announced), so its versions never repeat those of an earlier membership. Every
 change record has ``version >= 1``. The daemon persists versions, so they keep growing across
 restarts; a re-emitted change (a crash after the sinks were written but before the state was
 saved) repeats its version.

@@ -321,16 +321,18 @@ return out
 #: Compare and set the fleet's state of one target's UIDs with one batch of poll results, and
 #: append each transition to the change stream, in one step.
 #:
-#: KEYS: state (HASH), born (STR), changes (STREAM). ARGV: sweep, member, maxlen (of the
-#: stream, approximate), state_ttl_ms, head (the change record's JSON up to the UID: type,
-#: sweep, api, app_id, group_id), target (as in the key layout), then five per UID: uid, the
+#: KEYS: state (HASH), born (STR), changes (STREAM), origin (STR). ARGV: sweep, member, maxlen
+#: (of the stream, approximate), state_ttl_ms, head (the change record's JSON up to the UID:
+#: type, sweep, api, app_id, group_id), target (as in the key layout), then five per UID: uid, the
 #: uid as JSON, result ("1" online, "0" offline, "e" an error: the state is unknown), join
 #: time ("null" or an integer), polled_at (ms).
 #:
 #: A state is JSON: {"online": true|false|null, "join_time": int|null, "version": n, "sweep":
 #: last sweep polled, "polled_at": ms[, "announce": bool]}. ``version`` counts transitions.
 #: The first sweep of a target (born missing: a new target, or a Redis that lost its data)
-#: learns every state silently; a UID first seen later is announced (a change from null, its
+#: learns every state silently (at version 0 in the fleet's first sweep, ``origin``; later at
+#: the answer's polled_at, so a target polled again after its state expired never repeats a
+#: version); a UID first seen later is announced (a change from null, its
 #: version the answer's polled_at, as :func:`poller.core.changes.joined_version` says: never a
 #: version of an earlier membership the leader forgot); an error never changes a known state;
 #: a result older than the state's ``polled_at`` (a slower member during a handover) is ignored.
@@ -354,6 +356,13 @@ else
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 local first = born == sweep
+-- The fleet's first sweep (no TTL): a target born later (added, or polled again after its
+-- state expired) learns at a fresh version base, never repeating an earlier life's versions.
+local origin = redis.call('GET', KEYS[4])
+if not origin then
+  redis.call('SET', KEYS[4], sweep)
+  origin = sweep
+end
 local function state(online, join_time, version, polled_at, announce)
   local text = '{"online":' .. online .. ',"join_time":' .. join_time .. ',"version":' ..
     string.format('%d', version) .. ',"sweep":' .. sweep .. ',"polled_at":' .. polled_at
@@ -387,6 +396,8 @@ for i = 7, #ARGV, 5 do
     if not prev or prev.online == cjson.null then
       if (prev and prev.announce) or (not prev and not first) then
         version, previous = math.max(1, tonumber(polled_at)), 'null'
+      elseif born ~= origin then
+        version = math.max(1, tonumber(polled_at))
       end
     elseif (prev.online and 'true' or 'false') ~= online or number(prev.join_time) ~= join_time then
       version, previous = prev.version + 1, prev.online and 'true' or 'false'
@@ -466,3 +477,7 @@ class FleetKeys:
 
     def born(self, target: str) -> str:
         return self._key("born", target)
+
+    @property
+    def origin(self) -> str:
+        return self._key("origin")

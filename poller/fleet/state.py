@@ -140,7 +140,7 @@ class SharedState:
             args += [uid, orjson.dumps(uid).decode(), result, join_time, str(rec["polled_at"])]
         if not head:  # errors only: no change record can come of them
             head = "{}"
-        keys = [self.keys.state(label), self.keys.born(label), self.keys.changes]
+        keys = [self.keys.state(label), self.keys.born(label), self.keys.changes, self.keys.origin]
         head_args: list[str | int] = [
             sweep,
             self.fleet.member,
