@@ -71,7 +71,7 @@ async def test_the_split_holds_when_each_lane_asks_for_one_slot_at_a_time() -> N
 async def test_a_turn_kept_for_a_lane_that_does_not_come_back_goes_to_the_other() -> None:
     gate = GateMeter()
     shared = SharedMeter(gate, min_share=0.2, clock=FakeClock())
-    await asyncio.gather(*(shared.lookups.acquire() for _ in range(1)), _open_soon(gate, 1))
+    await asyncio.gather(shared.lookups.acquire(), _open_soon(gate, 1))
     sweep = asyncio.create_task(shared.sweeps.acquire())  # lookups are over their share now
     await settle()
     lookup = asyncio.create_task(shared.lookups.acquire())
