@@ -97,6 +97,9 @@ class SharedMeter:
     def lookup_share(self) -> float:
         """The lookups' share of the slots granted in the last ``window_s`` (0 when none)."""
         self._expire(self._clock.monotonic())
+        return self._share()
+
+    def _share(self) -> float:
         return self._recent_lookups / len(self._recent) if self._recent else 0.0
 
     async def acquire(self, lane: Lane) -> float:
@@ -141,11 +144,11 @@ class SharedMeter:
             self._recent_lookups -= recent.popleft()[1]
 
     def _pass_turn(self, granted: Lane | None = None) -> None:
-        """Hand the turn on; ``granted`` is the lane whose caller was just granted a slot."""
+        """Hand the turn on; ``granted`` is the lane whose caller was just granted a slot (its
+        grant expired the window already, so the per-request path reads the clock once)."""
+        share = self._share() if granted is not None else self.lookup_share()
         first, second = (
-            (self.lookups, self.sweeps)
-            if self.lookup_share() < self.min_share
-            else (self.sweeps, self.lookups)
+            (self.lookups, self.sweeps) if share < self.min_share else (self.sweeps, self.lookups)
         )
         if _wake_first(first.waiters):
             return
