@@ -42,8 +42,12 @@ class StopControl:
     stopping: bool = False
     aborting: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: The message of the ``Cancelled`` records of batches cut off in flight.
+    abort_message: str = "cancelled in flight: the drain timeout passed"
 
-    def abort(self) -> None:
+    def abort(self, message: str | None = None) -> None:
+        if message is not None:
+            self.abort_message = message
         self.stopping = self.aborting = True
         for task in list(self.tasks):
             task.cancel()
@@ -114,9 +118,7 @@ async def poll_batch(ctx: SweepContext, batch: Batch, slot_wait_s: float) -> lis
         if not ctx.control.aborting:
             raise  # the sweep itself is being torn down
         ctx.stats.batches_failed += 1
-        return ctx.failed(
-            batch, None, code=CANCELLED, message="cancelled in flight: the drain timeout passed"
-        )
+        return ctx.failed(batch, None, code=CANCELLED, message=ctx.control.abort_message)
 
 
 async def _attempts(

@@ -417,10 +417,6 @@ class Lookup:
         records: list[Record] | None = None
         try:
             records = await poll_batch(ctx, batch, waited)
-            if self._closed:  # aborted by aclose(), not by a daemon's drain timeout
-                for record in records:
-                    if record["type"] == "error" and record["code"] == CANCELLED:
-                        record["message"] = "cancelled in flight: the lookup was closed"
         except Exception:  # a bug, never a failed request: those are error records
             log.exception("lookup batch of %s failed", self.target)
             records = ctx.failed(batch, None, code="Error", message="internal error")
@@ -484,7 +480,7 @@ class Lookup:
             await asyncio.wait((dispatcher,))  # no CancelledError (and traceback) kept here
         self._answer_waiting(CANCELLED, "not sent: the lookup was closed")
         tasks = list(self._control.tasks)
-        self._control.abort()
+        self._control.abort("cancelled in flight: the lookup was closed")
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
